@@ -1,0 +1,3 @@
+from nfedge.cli import main
+
+main()

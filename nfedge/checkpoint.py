@@ -1,0 +1,49 @@
+"""Base-model checkpoints: a registry name + constructor arguments + state dict + the config that made it.
+
+    {"format": "nfedge-checkpoint", "version": 1, "model": "cnn-s", "in_channels": 1, "num_classes": 10,
+     "state_dict": {...}, "meta": {...}}
+Saved atomically; loading validates the format and rebuilds the module from the registry.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nfedge.errors import NfedgeError
+from nfedge.fileio import atomic_write_bytes
+from nfedge.models import create_base_model
+
+CHECKPOINT_FORMAT = "nfedge-checkpoint"
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, model_name: str, in_channels: int, num_classes: int,
+                    meta: dict[str, Any] | None = None) -> None:
+    buf = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, "version": 1, "model": model_name, "in_channels": in_channels,
+                "num_classes": num_classes, "state_dict": model.state_dict(), "meta": meta or {}}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """(model in eval mode, the checkpoint dict without its state dict)."""
+    p = Path(path)
+    if not p.is_file():
+        raise NfedgeError(f"checkpoint {p} does not exist")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a bad file
+        raise NfedgeError(f"checkpoint {p} is not a readable torch file ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise NfedgeError(f"checkpoint {p} is not an nfedge checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    model = create_base_model(ckpt["model"], in_channels=ckpt["in_channels"], num_classes=ckpt["num_classes"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise NfedgeError(f"checkpoint {p}: state dict does not fit {ckpt['model']} ({str(e).splitlines()[0]})") from None
+    model.eval()
+    return model, {k: v for k, v in ckpt.items() if k != "state_dict"}
