@@ -72,7 +72,9 @@ def _plain(v: Any) -> Any:
 
 
 def _coerce(v: Any, hint: Any) -> Any:
-    """JSON has lists, not tuples: turn lists back into the tuples frozen configs use."""
+    """JSON has lists, not tuples, and dicts for nested configs: rebuild what the field's type says."""
+    if isinstance(hint, type) and issubclass(hint, StageConfig) and isinstance(v, dict):
+        return hint.from_dict(v)
     origin = typing.get_origin(hint)
     if origin is tuple and isinstance(v, list):
         return tuple(v)

@@ -1,0 +1,168 @@
+"""`nfedge train`: train a NeuralFuse generator with EOPM (expectation over perturbed models).
+
+    loss = CE(M0(F(x)), y) + lambda * (1/N) * sum_i CE(Mp_i(F(x)), y),   F(x) = clip(x + G(x), -1, 1)
+
+M0 is the clean quantized base model, Mp_i are N perturbed copies with fresh fault maps (training
+chips, disjoint from evaluation chips) every step. Only G is trained. Relaxed access: the base model
+is the deployed one; restricted access: one or several surrogates (the loss is averaged over them),
+then the generator is transferred. The N perturbed passes run as one vmap over functional_call with
+stacked weights: no model copies. Multi-process: run under torchrun (gloo on CPU, NCCL on GPU); each
+rank takes its slice of the global batch, all ranks draw the same chips, gradients are averaged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from nfedge.config import StageConfig, require
+from nfedge.errors import NfedgeError
+from nfedge.faults import FAULT_MODELS, InjectConfig
+from nfedge.fileio import atomic_write_bytes
+from nfedge.memory import WeightImage
+from nfedge.models import GENERATORS, create_generator
+from nfedge.models.generators import neuralfuse_transform
+from nfedge.perturb import forward_many, perturbed_weights, stacked_weights, training_chips
+from nfedge.progress import DEFAULT, Progress
+from nfedge.runtime import batches, pick_device, seed_everything
+
+GENERATOR_FORMAT = "nfedge-generator"
+
+
+@dataclasses.dataclass(frozen=True)
+class EOPMConfig(StageConfig):
+    generator: str = "ConvS"
+    ber: float | None = 0.01  # training BER (restricted access: the paper uses 1.5%); or voltage
+    voltage: float | None = None
+    fault: str = "flip"
+    stuck_at_one: float = 0.5
+    calibration: str = "sram-14nm"
+    lam: float = 5.0  # weight of the perturbed term (paper ablation: 5)
+    n_perturbed: int = 10  # N perturbed models per step
+    epochs: int = 5
+    batch_size: int = 64  # global batch (split over ranks under torchrun)
+    lr: float = 1e-3  # Adam, betas (0.5, 0.999) as the public code
+    beta1: float = 0.5
+    beta2: float = 0.999
+    lr_step_every: int = 500  # iterations between StepLR decays (public code)
+    lr_gamma: float = 0.96
+    max_steps: int | None = None  # stop early (tests, benchmarks)
+    seed: int = 0  # generator init, shuffling and training chips
+    device: str = "auto"
+
+    def validate(self) -> None:
+        require(self.generator in GENERATORS, f"unknown generator {self.generator!r}; known: {', '.join(GENERATORS.names())}")
+        require((self.ber is None) != (self.voltage is None), "give exactly one of ber and voltage")
+        require(self.fault in FAULT_MODELS and self.fault != "map", f"EOPM takes fault flip or stuck-at, got {self.fault!r}")
+        require(self.n_perturbed >= 1 and self.epochs >= 1 and self.batch_size >= 1, "n_perturbed, epochs, batch_size must be >= 1")
+        require(self.lam >= 0 and self.lr > 0, "lam must be >= 0 and lr > 0")
+
+    def inject_config(self, chip: int) -> InjectConfig:
+        return InjectConfig(fault=self.fault, ber=self.ber, voltage=self.voltage, chip=chip,
+                            stuck_at_one=self.stuck_at_one, calibration=self.calibration)
+
+
+def eopm_loss(generator: nn.Module, bases: list[tuple[nn.Module, dict, dict]], x: torch.Tensor, y: torch.Tensor,
+              lam: float) -> torch.Tensor:
+    """EOPM loss averaged over base models; each base is (model, clean weights, stacked perturbed weights)."""
+    fx = neuralfuse_transform(generator, x)
+    total = fx.new_zeros(())
+    for model, clean, stacked in bases:
+        clean_loss = F.cross_entropy(torch.func.functional_call(model, clean, (fx,)), y)
+        pert = forward_many(model, stacked, fx)  # [N, B, classes]
+        n = pert.shape[0]
+        pert_loss = F.cross_entropy(pert.reshape(-1, pert.shape[-1]), y.repeat(n))  # = mean_i CE_i
+        total = total + clean_loss + lam * pert_loss
+    return total / len(bases)
+
+
+def _world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+
+def train_generator(cfg: EOPMConfig, bases: list[tuple[nn.Module, WeightImage]], train, in_channels: int,
+                    input_size: tuple[int, int], progress: Progress = DEFAULT) -> tuple[nn.Module, dict[str, Any]]:
+    """Train G on `bases` (relaxed: the deployed model; restricted: surrogates). Returns (G, history)."""
+    if not bases:
+        raise NfedgeError("EOPM needs at least one base model")
+    rank, world = _world()
+    require(cfg.batch_size % world == 0, f"batch_size {cfg.batch_size} must divide by the {world} processes")
+    device = pick_device(cfg.device)
+    data_gen = seed_everything(cfg.seed)
+    chip_rng = np.random.default_rng([cfg.seed, 1])  # same on every rank: all ranks see the same chips
+    gen = create_generator(cfg.generator, in_channels=in_channels, input_size=input_size).to(device)
+    model_g: nn.Module = gen
+    if world > 1:
+        if any(isinstance(m, nn.BatchNorm2d) for m in gen.modules()):
+            gen = nn.SyncBatchNorm.convert_sync_batchnorm(gen)  # global-batch BN statistics, as one process
+        model_g = nn.parallel.DistributedDataParallel(gen)
+    for model, _ in bases:
+        model.to(device).eval().requires_grad_(False)
+    clean = [{k: v.to(device) for k, v in img.dequantized_weights().items()} for _, img in bases]
+    opt = torch.optim.Adam(model_g.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step_every, gamma=cfg.lr_gamma)
+    history, step = [], 0
+    steps_per_epoch = len(train) // cfg.batch_size
+    for epoch in range(cfg.epochs):
+        model_g.train()
+        losses = []
+        it = batches(train, cfg.batch_size, shuffle=True, generator=data_gen)
+        for x, y in progress.bar(it, desc=f"EOPM {cfg.generator} epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch,
+                                 unit="step"):
+            if len(x) < cfg.batch_size:
+                break  # drop the last partial batch: every rank needs an equal slice
+            x, y = x[rank::world].to(device), y[rank::world].to(device)
+            parts = []
+            for (model, image), cw in zip(bases, clean):
+                pw = [perturbed_weights(image, cfg.inject_config(c)) for c in training_chips(chip_rng, cfg.n_perturbed)]
+                parts.append((model, cw, {k: v.to(device) for k, v in stacked_weights(weights=pw).items()}))
+            loss = eopm_loss(model_g, parts, x, y, cfg.lam)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            step += 1
+            if cfg.max_steps is not None and step >= cfg.max_steps:
+                break
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"), "steps": step})
+        progress.info(f"EOPM epoch {epoch + 1}: loss {history[-1]['loss']:.4f}")
+        if cfg.max_steps is not None and step >= cfg.max_steps:
+            break
+    gen.eval()
+    if world > 1:  # undo SyncBatchNorm so the saved module is the plain registry architecture
+        plain = create_generator(cfg.generator, in_channels=in_channels, input_size=input_size)
+        plain.load_state_dict(gen.state_dict())
+        gen = plain.eval()
+    return gen.cpu(), {"history": history, "steps": step, "world_size": world}
+
+
+def save_generator(path: str | Path, generator: nn.Module, name: str, in_channels: int, input_size: tuple[int, int],
+                   meta: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save({"format": GENERATOR_FORMAT, "version": 1, "generator": name, "in_channels": in_channels,
+                "input_size": list(input_size), "state_dict": generator.state_dict(), "meta": meta}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_generator(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    p = Path(path)
+    if not p.is_file():
+        raise NfedgeError(f"generator checkpoint {p} does not exist")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise NfedgeError(f"generator checkpoint {p} is not a readable torch file ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != GENERATOR_FORMAT:
+        raise NfedgeError(f"{p} is not an nfedge generator checkpoint")
+    gen = create_generator(ckpt["generator"], in_channels=ckpt["in_channels"], input_size=tuple(ckpt["input_size"]))
+    gen.load_state_dict(ckpt["state_dict"])
+    return gen.eval(), {k: v for k, v in ckpt.items() if k != "state_dict"}

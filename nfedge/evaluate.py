@@ -1,0 +1,102 @@
+"""`nfedge evaluate`: host-simulated accuracy of the quantized base model with and without NeuralFuse.
+
+CA = clean accuracy (quantized, no faults); PA = accuracy with faults; CA(NF), PA(NF) the same behind
+the generator (F(x) = clip(x + G(x), -1, 1)); RP = PA(NF) - PA in points. Faulty weights come from the
+memory image bytes after inject_faults (the same bytes the target reads). Each of PA, PA(NF), RP is
+reported as mean, population std and worst chip over K evaluation chips (0..K-1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from nfedge.calibration import load_calibration
+from nfedge.config import StageConfig, require
+from nfedge.faults import FAULT_MODELS, InjectConfig
+from nfedge.memory import WeightImage
+from nfedge.models.generators import neuralfuse_transform
+from nfedge.perturb import perturbed_weights
+from nfedge.progress import DEFAULT, Progress
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig(StageConfig):
+    voltages: tuple[float, ...] = ()  # V/Vmin; or give bers
+    bers: tuple[float, ...] = ()  # fractions
+    chips: int = 10  # evaluation chips 0..chips-1
+    fault: str = "flip"
+    stuck_at_one: float = 0.5
+    calibration: str = "sram-14nm"
+    batch_size: int = 1000
+
+    def validate(self) -> None:
+        require(bool(self.voltages) != bool(self.bers), "give voltages or BERs (one of the two)")
+        require(self.chips >= 1, "chips must be at least 1")
+        require(self.fault in FAULT_MODELS and self.fault != "map", f"evaluate takes fault flip or stuck-at, got {self.fault!r}")
+        for b in self.bers:
+            require(0 <= b <= 0.5, f"BER must be in [0, 0.5], got {b}")
+
+    def conditions(self) -> list[dict[str, float | None]]:
+        cal = load_calibration(self.calibration)
+        if self.voltages:
+            return [{"voltage": v, "ber": cal.ber_at(v)} for v in self.voltages]
+        return [{"voltage": None, "ber": b} for b in self.bers]
+
+    def inject_config(self, cond: dict[str, float | None], chip: int) -> InjectConfig:
+        return InjectConfig(fault=self.fault, ber=None if cond["voltage"] is not None else cond["ber"],
+                            voltage=cond["voltage"], chip=chip, stuck_at_one=self.stuck_at_one,
+                            calibration=self.calibration)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, weights: dict[str, torch.Tensor], x: torch.Tensor, generator: nn.Module | None = None,
+            batch_size: int = 1000) -> torch.Tensor:
+    """Predicted classes of `model` with `weights` substituted, behind `generator` when given."""
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = x[i: i + batch_size]
+        if generator is not None:
+            xb = neuralfuse_transform(generator, xb)
+        out.append(torch.func.functional_call(model, weights, (xb,)).argmax(1))
+    return torch.cat(out)
+
+
+def summarize(values: list[float]) -> dict[str, Any]:
+    a = np.asarray(values, dtype=float)
+    return {"mean": float(a.mean()), "std": float(a.std()), "worst": float(a.min()), "per_chip": [float(v) for v in a]}
+
+
+def evaluate(model: nn.Module, image: WeightImage, test: tuple[torch.Tensor, torch.Tensor], cfg: EvaluateConfig,
+             generator: nn.Module | None = None, progress: Progress = DEFAULT) -> dict[str, Any]:
+    """Accuracies in percent: {"clean": {CA, CA_NF}, "conditions": [{voltage, ber, PA, PA_NF, RP}, ...]}."""
+    model.eval()
+    if generator is not None:
+        generator.eval()
+    x, y = test
+
+    def acc(weights, gen):
+        return 100.0 * float((predict(model, weights, x, gen, cfg.batch_size) == y).float().mean())
+
+    clean_w = image.dequantized_weights()
+    result: dict[str, Any] = {"config": cfg.to_dict(), "samples": len(x),
+                              "clean": {"CA": acc(clean_w, None), "CA_NF": acc(clean_w, generator) if generator else None}}
+    conds = []
+    for cond in cfg.conditions():
+        pa, pa_nf = [], []
+        for chip in progress.bar(range(cfg.chips), desc=f"evaluate BER {cond['ber']:.3g}", total=cfg.chips, unit="chip"):
+            w = perturbed_weights(image, cfg.inject_config(cond, chip))
+            pa.append(acc(w, None))
+            if generator is not None:
+                pa_nf.append(acc(w, generator))
+        entry = {**cond, "PA": summarize(pa)}
+        if generator is not None:
+            entry["PA_NF"] = summarize(pa_nf)
+            entry["RP"] = summarize([b - a for a, b in zip(pa, pa_nf)])
+        conds.append(entry)
+    result["conditions"] = conds
+    return result
