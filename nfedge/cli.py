@@ -70,6 +70,162 @@ def inject(image_dir: str, ber: float | None, voltage: float | None, chip: int, 
                    f"(BER {audit.ber:.4g}), {audit.flipped_bits} bits changed -> {out}")
 
 
+def _data_options(fn):
+    fn = click.option("--test-limit", type=int, help="evaluate on a seeded subset of the test set")(fn)
+    fn = click.option("--train-limit", type=int, help="train on a seeded subset of the training set")(fn)
+    fn = click.option("--data-root", help="dataset folder (default: the Debian package's, Fashion-MNIST)")(fn)
+    fn = click.option("--dataset", default=None, help="fashion-mnist | cifar10 | cifar100 | gtsrb")(fn)
+    return fn
+
+
+def _data_config(base_meta: dict | None, dataset, data_root, train_limit, test_limit):
+    """The data config: the checkpoint's (if any), with the options given on the command line on top."""
+    from nfedge.data import DataConfig
+
+    d = dict((base_meta or {}).get("config", {}).get("data", {})) or DataConfig().to_dict()
+    for k, v in (("dataset", dataset), ("root", data_root), ("train_limit", train_limit), ("test_limit", test_limit)):
+        if v is not None:
+            d[k] = v
+    return DataConfig.from_dict(d)
+
+
+def _emit(result: dict, as_json: bool, out: str | None, table: str) -> None:
+    from nfedge.fileio import atomic_write_json
+
+    if out:
+        atomic_write_json(out, result)
+    click.echo(json.dumps(result, sort_keys=True) if as_json else table)
+
+
+@cli.command("train-base")
+@click.option("--model", default="cnn-s", show_default=True, help="base model (see `nfedge models`)")
+@click.option("--bits", default=8, show_default=True, type=int, help="QAT precision, 2..8")
+@click.option("--per-channel", is_flag=True)
+@click.option("--epochs", default=4, show_default=True, type=int)
+@click.option("--batch-size", default=128, show_default=True, type=int)
+@click.option("--lr", default=2e-3, show_default=True, type=float)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present) | cpu | cuda")
+@_data_options
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="run directory (base.pt, config.json)")
+def train_base_cmd(model, bits, per_channel, epochs, batch_size, lr, seed, device, dataset, data_root, train_limit,
+                   test_limit, out):
+    """Train a base classifier with quantization-aware training; resumes an interrupted run."""
+    from nfedge.train_base import TrainBaseConfig, train_base
+
+    data = _data_config(None, dataset, data_root, train_limit, test_limit)
+    cfg = TrainBaseConfig(model=model, data=data, bits=bits, per_channel=per_channel, epochs=epochs,
+                          batch_size=batch_size, lr=lr, seed=seed, device=device)
+    path = train_base(cfg, out)
+    click.echo(f"wrote {path}", err=True)
+
+
+def _bases(base_paths, image_dirs):
+    from nfedge.checkpoint import load_checkpoint
+    from nfedge.fileio import sha256_file
+    from nfedge.memory import read_image
+
+    if len(base_paths) != len(image_dirs):
+        raise NfedgeError(f"give one --image per --base ({len(base_paths)} bases, {len(image_dirs)} images)")
+    out = []
+    for b, i in zip(base_paths, image_dirs):
+        model, meta = load_checkpoint(b)
+        image = read_image(i)
+        if image.manifest.source_sha256 and image.manifest.source_sha256 != sha256_file(b):
+            raise NfedgeError(f"image {i} was not quantized from checkpoint {b} (source sha256 differs)")
+        out.append((model, image, meta))
+    return out
+
+
+@cli.command("train")
+@click.option("--base", "base_paths", multiple=True, required=True, help="base checkpoint (repeat for a surrogate ensemble)")
+@click.option("--image", "image_dirs", multiple=True, required=True, help="its clean memory image (one per --base)")
+@click.option("--generator", default="ConvS", show_default=True, help="ConvL ConvS DeConvL DeConvS UNetL UNetS UIP")
+@click.option("--ber", type=float, help="training BER (default 0.01 unless --voltage)")
+@click.option("--voltage", type=float, help="training voltage in V/Vmin")
+@click.option("--fault", default="flip", show_default=True, help="flip | stuck-at")
+@click.option("--lam", default=5.0, show_default=True, type=float, help="weight of the perturbed loss")
+@click.option("--n-perturbed", default=10, show_default=True, type=int, help="perturbed models per step")
+@click.option("--epochs", default=5, show_default=True, type=int)
+@click.option("--batch-size", default=64, show_default=True, type=int)
+@click.option("--lr", default=1e-3, show_default=True, type=float)
+@click.option("--max-steps", type=int, help="stop after this many steps")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="auto", show_default=True)
+@_data_options
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="run directory (generator.pt, config.json)")
+def train_cmd(base_paths, image_dirs, generator, ber, voltage, fault, lam, n_perturbed, epochs, batch_size, lr,
+              max_steps, seed, device, dataset, data_root, train_limit, test_limit, out):
+    """Train a NeuralFuse generator with EOPM (relaxed: on the deployed base; restricted: on surrogates).
+
+    Runs under torchrun too (gloo on CPU, NCCL on GPUs): torchrun --nproc-per-node 2 -m nfedge train ...
+    """
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    from nfedge.data import load_dataset
+    from nfedge.eopm import EOPMConfig, save_generator, train_generator
+    from nfedge.fileio import atomic_write_json
+
+    bases = _bases(base_paths, image_dirs)
+    cfg = EOPMConfig(generator=generator, ber=ber if ber is not None or voltage is not None else 0.01, voltage=voltage,
+                     fault=fault, lam=lam, n_perturbed=n_perturbed, epochs=epochs, batch_size=batch_size, lr=lr,
+                     max_steps=max_steps, seed=seed, device=device)
+    data = _data_config(bases[0][2]["meta"], dataset, data_root, train_limit, test_limit)
+    distributed = "RANK" in __import__("os").environ
+    if distributed and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    train, _, info = load_dataset(data)
+    gen, log = train_generator(cfg, [(m, i) for m, i, _ in bases], train, info.channels, info.image_size)
+    if not distributed or dist.get_rank() == 0:
+        meta = {"config": cfg.to_dict(), "data": data.to_dict(), **log,
+                "bases": [{"checkpoint": str(b), "image_sha256": i.manifest.image_sha256} for b, (_, i, _) in zip(base_paths, bases)]}
+        save_generator(Path(out) / "generator.pt", gen, cfg.generator, info.channels, info.image_size, meta)
+        atomic_write_json(Path(out) / "config.json", meta)
+        click.echo(f"wrote {Path(out) / 'generator.pt'}", err=True)
+    if distributed:
+        dist.destroy_process_group()
+
+
+def _format_eval(r: dict) -> str:
+    lines = [f"CA {r['clean']['CA']:.2f}" + (f"   CA(NF) {r['clean']['CA_NF']:.2f}" if r["clean"]["CA_NF"] is not None else ""),
+             "| voltage | BER | PA mean+-std (worst) | PA(NF) mean+-std (worst) | RP |", "|---|---|---|---|---|"]
+    for c in r["conditions"]:
+        v = "-" if c["voltage"] is None else f"{c['voltage']:.3f}"
+        pa = f"{c['PA']['mean']:.2f}+-{c['PA']['std']:.2f} ({c['PA']['worst']:.2f})"
+        nf = f"{c['PA_NF']['mean']:.2f}+-{c['PA_NF']['std']:.2f} ({c['PA_NF']['worst']:.2f})" if "PA_NF" in c else "-"
+        rp = f"{c['RP']['mean']:+.2f}" if "RP" in c else "-"
+        lines.append(f"| {v} | {c['ber']:.4g} | {pa} | {nf} | {rp} |")
+    return "\n".join(lines)
+
+
+@cli.command("evaluate")
+@click.option("--base", "base_path", required=True, help="base checkpoint")
+@click.option("--image", "image_dir", required=True, help="its clean memory image")
+@click.option("--generator", "generator_path", help="generator checkpoint (omit: base model alone)")
+@click.option("--voltage", "voltages", multiple=True, type=float, help="V/Vmin (repeat)")
+@click.option("--ber", "bers", multiple=True, type=float, help="BER fraction (repeat)")
+@click.option("--chips", default=10, show_default=True, type=int, help="evaluation chips 0..K-1")
+@click.option("--fault", default="flip", show_default=True)
+@_data_options
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--out", type=click.Path(dir_okay=False), help="also write the result JSON here")
+def evaluate_cmd(base_path, image_dir, generator_path, voltages, bers, chips, fault, dataset, data_root, train_limit,
+                 test_limit, as_json, out):
+    """Host-simulated CA, PA, CA(NF), PA(NF), RP over evaluation chips (mean, std, worst chip)."""
+    from nfedge.data import load_dataset
+    from nfedge.eopm import load_generator
+    from nfedge.evaluate import EvaluateConfig, evaluate
+
+    ((model, image, meta),) = _bases([base_path], [image_dir])
+    cfg = EvaluateConfig(voltages=tuple(voltages), bers=tuple(bers), chips=chips, fault=fault)
+    _, test, _ = load_dataset(_data_config(meta["meta"], dataset, data_root, train_limit, test_limit))
+    gen = load_generator(generator_path)[0] if generator_path else None
+    r = evaluate(model, image, test.tensors, cfg, generator=gen)
+    _emit(r, as_json, out, _format_eval(r))
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)

@@ -6,8 +6,11 @@ M0 is the clean quantized base model, Mp_i are N perturbed copies with fresh fau
 chips, disjoint from evaluation chips) every step. Only G is trained. Relaxed access: the base model
 is the deployed one; restricted access: one or several surrogates (the loss is averaged over them),
 then the generator is transferred. The N perturbed passes run as one vmap over functional_call with
-stacked weights: no model copies. Multi-process: run under torchrun (gloo on CPU, NCCL on GPU); each
-rank takes its slice of the global batch, all ranks draw the same chips, gradients are averaged.
+stacked weights: no model copies. Multi-process: run under torchrun (gloo on CPU, NCCL on GPU). Every
+rank runs the small generator on the whole global batch (so BatchNorm sees the same statistics as
+one process would; SyncBatchNorm is GPU-only) and the costly clean + N perturbed base passes on its
+slice of it; all ranks draw the same chips and DDP averages the gradients, which equals the
+one-process gradient of the same global batch.
 """
 
 from __future__ import annotations
@@ -71,9 +74,13 @@ class EOPMConfig(StageConfig):
 
 
 def eopm_loss(generator: nn.Module, bases: list[tuple[nn.Module, dict, dict]], x: torch.Tensor, y: torch.Tensor,
-              lam: float) -> torch.Tensor:
-    """EOPM loss averaged over base models; each base is (model, clean weights, stacked perturbed weights)."""
-    fx = neuralfuse_transform(generator, x)
+              lam: float, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """EOPM loss averaged over base models; each base is (model, clean weights, stacked perturbed weights).
+
+    With world > 1 the base passes use only this rank's slice rank::world of the transformed batch.
+    """
+    fx = neuralfuse_transform(generator, x)[rank::world]
+    y = y[rank::world]
     total = fx.new_zeros(())
     for model, clean, stacked in bases:
         clean_loss = F.cross_entropy(torch.func.functional_call(model, clean, (fx,)), y)
@@ -99,11 +106,7 @@ def train_generator(cfg: EOPMConfig, bases: list[tuple[nn.Module, WeightImage]],
     data_gen = seed_everything(cfg.seed)
     chip_rng = np.random.default_rng([cfg.seed, 1])  # same on every rank: all ranks see the same chips
     gen = create_generator(cfg.generator, in_channels=in_channels, input_size=input_size).to(device)
-    model_g: nn.Module = gen
-    if world > 1:
-        if any(isinstance(m, nn.BatchNorm2d) for m in gen.modules()):
-            gen = nn.SyncBatchNorm.convert_sync_batchnorm(gen)  # global-batch BN statistics, as one process
-        model_g = nn.parallel.DistributedDataParallel(gen)
+    model_g: nn.Module = nn.parallel.DistributedDataParallel(gen) if world > 1 else gen
     for model, _ in bases:
         model.to(device).eval().requires_grad_(False)
     clean = [{k: v.to(device) for k, v in img.dequantized_weights().items()} for _, img in bases]
@@ -119,29 +122,30 @@ def train_generator(cfg: EOPMConfig, bases: list[tuple[nn.Module, WeightImage]],
                                  unit="step"):
             if len(x) < cfg.batch_size:
                 break  # drop the last partial batch: every rank needs an equal slice
-            x, y = x[rank::world].to(device), y[rank::world].to(device)
+            x, y = x.to(device), y.to(device)
             parts = []
             for (model, image), cw in zip(bases, clean):
                 pw = [perturbed_weights(image, cfg.inject_config(c)) for c in training_chips(chip_rng, cfg.n_perturbed)]
                 parts.append((model, cw, {k: v.to(device) for k, v in stacked_weights(weights=pw).items()}))
-            loss = eopm_loss(model_g, parts, x, y, cfg.lam)
+            loss = eopm_loss(model_g, parts, x, y, cfg.lam, rank, world)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
+            if world > 1:  # report the global loss (mean over ranks), the same number one process prints
+                loss = loss.detach().clone()
+                dist.all_reduce(loss)
+                loss /= world
             losses.append(float(loss.detach()))
             step += 1
             if cfg.max_steps is not None and step >= cfg.max_steps:
                 break
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"), "steps": step})
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"), "steps": step,
+                        "step_losses": losses})
         progress.info(f"EOPM epoch {epoch + 1}: loss {history[-1]['loss']:.4f}")
         if cfg.max_steps is not None and step >= cfg.max_steps:
             break
     gen.eval()
-    if world > 1:  # undo SyncBatchNorm so the saved module is the plain registry architecture
-        plain = create_generator(cfg.generator, in_channels=in_channels, input_size=input_size)
-        plain.load_state_dict(gen.state_dict())
-        gen = plain.eval()
     return gen.cpu(), {"history": history, "steps": step, "world_size": world}
 
 
