@@ -72,31 +72,33 @@ def summarize(values: list[float]) -> dict[str, Any]:
 
 
 def evaluate(model: nn.Module, image: WeightImage, test: tuple[torch.Tensor, torch.Tensor], cfg: EvaluateConfig,
-             generator: nn.Module | None = None, progress: Progress = DEFAULT) -> dict[str, Any]:
-    """Accuracies in percent: {"clean": {CA, CA_NF}, "conditions": [{voltage, ber, PA, PA_NF, RP}, ...]}."""
+             generators: dict[str, nn.Module] | None = None, progress: Progress = DEFAULT) -> dict[str, Any]:
+    """Accuracies in percent, the base model alone and behind each generator, on the same faulty chips:
+
+    {"clean": {"CA", "CA_NF": {gen: ...}}, "conditions": [{"voltage", "ber", "PA": stats,
+      "generators": {gen: {"PA_NF": stats, "RP": stats}}}, ...]}   (stats = mean, std, worst, per_chip)
+    """
+    generators = generators or {}
     model.eval()
-    if generator is not None:
-        generator.eval()
+    for g in generators.values():
+        g.eval()
     x, y = test
 
     def acc(weights, gen):
         return 100.0 * float((predict(model, weights, x, gen, cfg.batch_size) == y).float().mean())
 
     clean_w = image.dequantized_weights()
-    result: dict[str, Any] = {"config": cfg.to_dict(), "samples": len(x),
-                              "clean": {"CA": acc(clean_w, None), "CA_NF": acc(clean_w, generator) if generator else None}}
+    result: dict[str, Any] = {"config": cfg.to_dict(), "samples": len(x), "image_sha256": image.manifest.image_sha256,
+                              "clean": {"CA": acc(clean_w, None), "CA_NF": {n: acc(clean_w, g) for n, g in generators.items()}}}
     conds = []
     for cond in cfg.conditions():
-        pa, pa_nf = [], []
+        pa, pa_nf = [], {n: [] for n in generators}
         for chip in progress.bar(range(cfg.chips), desc=f"evaluate BER {cond['ber']:.3g}", total=cfg.chips, unit="chip"):
             w = perturbed_weights(image, cfg.inject_config(cond, chip))
             pa.append(acc(w, None))
-            if generator is not None:
-                pa_nf.append(acc(w, generator))
-        entry = {**cond, "PA": summarize(pa)}
-        if generator is not None:
-            entry["PA_NF"] = summarize(pa_nf)
-            entry["RP"] = summarize([b - a for a, b in zip(pa, pa_nf)])
-        conds.append(entry)
+            for n, g in generators.items():
+                pa_nf[n].append(acc(w, g))
+        conds.append({**cond, "PA": summarize(pa), "generators": {
+            n: {"PA_NF": summarize(v), "RP": summarize([b - a for a, b in zip(pa, v)])} for n, v in pa_nf.items()}})
     result["conditions"] = conds
     return result

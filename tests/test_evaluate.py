@@ -38,14 +38,16 @@ def test_evaluate_reports_every_metric(small_model):
     image = build_image(small_model, 8)
     x, y = _test_set(small_model)
     gen = create_generator("ConvS", in_channels=1).eval()
-    r = evaluate(small_model, image, (x, y), EvaluateConfig(bers=(0.0, 0.02), chips=3), generator=gen, progress=QUIET)
+    r = evaluate(small_model, image, (x, y), EvaluateConfig(bers=(0.0, 0.02), chips=3), generators={"ConvS": gen},
+                 progress=QUIET)
     assert r["samples"] == 200 and r["clean"]["CA"] > 80
     zero, hi = r["conditions"]
     assert zero["PA"]["mean"] == pytest.approx(r["clean"]["CA"]) and zero["PA"]["std"] == 0.0  # BER 0 = clean
-    assert zero["PA_NF"]["mean"] == pytest.approx(r["clean"]["CA_NF"])
+    assert zero["generators"]["ConvS"]["PA_NF"]["mean"] == pytest.approx(r["clean"]["CA_NF"]["ConvS"])
     assert len(hi["PA"]["per_chip"]) == 3 and hi["PA"]["worst"] == min(hi["PA"]["per_chip"])
-    for chip, (a, b) in enumerate(zip(hi["PA"]["per_chip"], hi["PA_NF"]["per_chip"])):
-        assert hi["RP"]["per_chip"][chip] == pytest.approx(b - a)
+    nf = hi["generators"]["ConvS"]
+    for chip, (a, b) in enumerate(zip(hi["PA"]["per_chip"], nf["PA_NF"]["per_chip"])):
+        assert nf["RP"]["per_chip"][chip] == pytest.approx(b - a)
     # chip 1 alone, recomputed by hand
     w = perturbed_weights(image, InjectConfig(ber=0.02, chip=1))
     assert hi["PA"]["per_chip"][1] == pytest.approx(100.0 * float((predict(small_model, w, x) == y).float().mean()))
@@ -54,7 +56,7 @@ def test_evaluate_reports_every_metric(small_model):
 def test_evaluate_at_voltages(small_model):
     image = build_image(small_model, 8)
     r = evaluate(small_model, image, _test_set(small_model, 50), EvaluateConfig(voltages=(0.833,), chips=2), progress=QUIET)
-    assert r["conditions"][0]["ber"] == 0.01115 and "PA_NF" not in r["conditions"][0]
+    assert r["conditions"][0]["ber"] == 0.01115 and r["conditions"][0]["generators"] == {}
 
 
 @pytest.mark.parametrize("kw, match", [({}, "voltages or BERs"), ({"bers": (0.6,)}, "BER"),

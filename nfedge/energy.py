@@ -1,0 +1,403 @@
+"""Energy accounting: MACs, weight-memory accesses (TWMA) and NeuralFuse's energy saving.
+
+Dataflow model (what `weight_memory_accesses` computes)
+-------------------------------------------------------
+TWMA follows the NeuralFuse paper (REFERENCE section 8): SCALE-SIM, output-stationary (OS) dataflow on
+an R x C (default 32 x 32) systolic array, "SRAM Filter Reads" summed over layers and divided by 8.
+nfedge does not run SCALE-SIM; it evaluates SCALE-SIM's OS filter-read count in closed form, layer by
+layer, exactly as SCALE-SIM v3's `systolic_compute_os` builds it (a fold reads every filter-operand
+element of its column block once):
+
+    each layer is one SCALE-SIM topology row (ifmap H x W, filter KH x KW, channels Cin, filters Cout,
+    stride), ofmap = ceil((ifmap - filter + stride) / stride) per axis (SCALE-SIM's formula);
+    Sr = ofmap_h * ofmap_w (output pixels: the array's rows), T = KH * KW * Cin, Sc = Cout (columns);
+    filter SRAM reads = ceil(Sr / R) * T * Sc     (ceil(Sc / C) column folds split Sc exactly, so C
+                                                    does not change the filter reads);
+    TWMA = ceil(sum of filter reads / 8)          (the paper's /8; read as 8 one-byte weights a word).
+
+How a PyTorch layer becomes a topology row (batch 1):
+- Conv2d: ifmap = the layer's input plus its padding on both sides (SCALE-SIM has no padding field:
+  its own topologies list padded ifmaps). With stride 2 SCALE-SIM's ceil formula can give one more
+  output row/column than PyTorch (3x3, pad 1, stride 2 on 32x32: ifmap 34 -> 17x17, PyTorch 16x16);
+  we keep SCALE-SIM's count, because that is what TWMA measures. Dilation: the ofmap uses the dilated
+  extent, T the real taps. groups = g: g independent convs of Cin/g channels and Cout/g filters.
+- Linear: a 1x1 conv on a 1 x N map, N = input elements / in_features (N = 1 for a classifier head).
+- ConvTranspose2d: its equivalent direct convolution, which is how a systolic array runs it: the
+  input is zero-inserted (stride - 1 zeros between pixels) and padded by dilation*(K-1) - padding per
+  side (+ output_padding), then convolved at stride 1 with the same KxK taps; ifmap =
+  (H-1)*s + 1 + 2*(d*(K-1) - p) + output_padding, so the ofmap is exactly PyTorch's output size.
+  SCALE-SIM streams the inserted zeros like any operand, so the filter reads do not shrink for them.
+- Anything else (BatchNorm, pooling, activations, upsampling, add/concat, UIP's additive tensor) has
+  no filter operand and is not counted; Conv1d/Conv3d/ConvTranspose1d/3d are refused (not modelled).
+
+Against the paper's Table 6 at 3x32x32 (tests/test_energy.py pins these): ResNet18, ResNet50, VGG11,
+VGG16, VGG19, ConvL and ConvS are reproduced exactly; DeConvL +0.07%, DeConvS +0.22%, UNetL -3.84%,
+UNetS -3.81%. The gaps are in the paper's topology rows for transposed and 1x1 convs, not in the
+dataflow: Table 6 is matched to the access if a ConvTranspose is written as a stride-1 conv over an
+(s*H + 2)-sized map and UNet's final 1x1 conv is given a 34x34 (padded) ifmap. We keep the
+equivalent-convolution mapping above rather than copy those rows.
+
+Energy saving (REFERENCE sections 7-8), r = e(V_low) / e(V_nom):
+    ES     = 1 - r - TWMA_G / TWMA_base     (Eq. 6: base model at low voltage, generator at nominal)
+    MAC-ES = 1 - r - MACs_G / MACs_base     (Eq. 7: the generator's compute against the base model's)
+Both are fractions (0.19 = 19%). MACs come from torch.utils.flop_counter (MACs = FLOPs / 2): conv,
+transposed conv and matmul/linear only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from nfedge.calibration import load_calibration
+from nfedge.config import StageConfig, require
+from nfedge.errors import NfedgeError
+from nfedge.models import BASE_MODELS, GENERATORS, create_base_model, create_generator
+
+DEFAULT_ARRAY = (32, 32)
+WEIGHTS_PER_ACCESS = 8  # the paper divides SCALE-SIM's filter reads by 8
+DEFAULT_VOLTAGE = 0.833  # V/Vmin: 1.115% BER, r = 0.6944 in the 14 nm table
+
+_UNSUPPORTED = (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose3d, nn.Bilinear)
+
+
+def dataflow_description(array: tuple[int, int] = DEFAULT_ARRAY, weights_per_access: int = WEIGHTS_PER_ACCESS) -> str:
+    rows, cols = array
+    return (f"SCALE-SIM output-stationary {rows}x{cols} systolic array, closed form: per conv/linear layer "
+            f"ceil(OH*OW/{rows}) * KH*KW*Cin * Cout filter SRAM reads (SCALE-SIM ofmap = ceil((padded ifmap - K + s)/s); "
+            f"transposed conv as its zero-inserted stride-1 equivalent); TWMA = sum / {weights_per_access}")
+
+
+# ------------------------------------------------------------------------------------ layer geometry
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerGeometry:
+    """One SCALE-SIM topology row (a conv as SCALE-SIM sees it), plus the layer it came from."""
+
+    name: str
+    kind: str  # conv | linear | conv_transpose
+    ifmap_h: int
+    ifmap_w: int
+    filter_h: int  # taps (T = filter_h * filter_w * channels)
+    filter_w: int
+    channels: int  # per group
+    num_filters: int  # per group
+    stride_h: int
+    stride_w: int
+    extent_h: int  # filter extent on the ifmap (dilation * (K - 1) + 1); = filter_h without dilation
+    extent_w: int
+    groups: int = 1
+
+    @property
+    def ofmap_h(self) -> int:
+        return max(0, math.ceil((self.ifmap_h - self.extent_h + self.stride_h) / self.stride_h))
+
+    @property
+    def ofmap_w(self) -> int:
+        return max(0, math.ceil((self.ifmap_w - self.extent_w + self.stride_w) / self.stride_w))
+
+    @property
+    def sr(self) -> int:
+        """Output pixels: the operand rows mapped onto the array's rows (OS)."""
+        return self.ofmap_h * self.ofmap_w
+
+    @property
+    def t(self) -> int:
+        """Reduction length: filter taps times input channels."""
+        return self.filter_h * self.filter_w * self.channels
+
+    def filter_reads(self, array: tuple[int, int] = DEFAULT_ARRAY) -> int:
+        """SCALE-SIM OS 'SRAM Filter Reads' of this layer: ceil(Sr / rows) * T * Sc, for every group."""
+        rows = array[0]
+        return self.groups * math.ceil(self.sr / rows) * self.t * self.num_filters
+
+    def topology_row(self) -> list[Any]:
+        """SCALE-SIM conv topology columns (name, ifmap h, w, filter h, w, channels, filters, stride)."""
+        return [self.name, self.ifmap_h, self.ifmap_w, self.filter_h, self.filter_w, self.channels,
+                self.num_filters, self.stride_h]
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
+
+
+def _geometry(name: str, mod: nn.Module, x: torch.Tensor) -> LayerGeometry:
+    if isinstance(mod, nn.Linear):
+        n = max(1, x.numel() // x.shape[0] // mod.in_features)  # rows of the GEMM for one sample
+        return LayerGeometry(name, "linear", 1, n, 1, 1, mod.in_features, mod.out_features, 1, 1, 1, 1)
+    kh, kw = _pair(mod.kernel_size)
+    dh, dw = _pair(mod.dilation)
+    ext_h, ext_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    g = int(mod.groups)
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    if isinstance(mod, nn.ConvTranspose2d):
+        sh, sw = _pair(mod.stride)
+        ph, pw = _pair(mod.padding)
+        oph, opw = _pair(mod.output_padding)
+        ih = (h - 1) * sh + 1 + 2 * (ext_h - 1 - ph) + oph
+        iw = (w - 1) * sw + 1 + 2 * (ext_w - 1 - pw) + opw
+        return LayerGeometry(name, "conv_transpose", ih, iw, kh, kw, mod.in_channels // g, mod.out_channels // g,
+                             1, 1, ext_h, ext_w, g)
+    sh, sw = _pair(mod.stride)
+    # [left, right, top, bottom] for int and for "same"/"valid" padding alike
+    pl, pr, pt, pb = (int(v) for v in mod._reversed_padding_repeated_twice)
+    return LayerGeometry(name, "conv", h + pt + pb, w + pl + pr, kh, kw, mod.in_channels // g, mod.out_channels // g,
+                         sh, sw, ext_h, ext_w, g)
+
+
+def _as_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in input_shape)
+    except (TypeError, ValueError):
+        raise NfedgeError(f"input shape must be a sequence of integers (C, H, W), got {input_shape!r}") from None
+    if not shape or any(v < 1 for v in shape):
+        raise NfedgeError(f"input shape must be positive integers (C, H, W), got {input_shape!r}")
+    return shape
+
+
+def _profile(model: nn.Module, input_shape: Sequence[int], *, macs: bool = True,
+             geometry: bool = True) -> tuple[int | None, list[LayerGeometry] | None]:
+    """One forward pass of a batch-1 zero input: MACs (flop counter) and the layer geometry (hooks)."""
+    shape = _as_shape(input_shape)
+    names = {m: n or type(m).__name__ for n, m in model.named_modules()}
+    layers: list[LayerGeometry] = []
+    handles = []
+    if geometry:
+        for n, m in model.named_modules():
+            if isinstance(m, _UNSUPPORTED):
+                raise NfedgeError(f"layer {n or type(m).__name__} ({type(m).__name__}) is not modelled by the "
+                                  "weight-access model (Conv2d, ConvTranspose2d and Linear are)")
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+                handles.append(m.register_forward_hook(
+                    lambda mod, inp, out: layers.append(_geometry(names[mod], mod, inp[0]))))
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        p = next(model.parameters(), None)
+        x = torch.zeros(1, *shape, dtype=p.dtype if p is not None and p.is_floating_point() else torch.float32,
+                        device=p.device if p is not None else "cpu")
+        counter = FlopCounterMode(display=False) if macs else None
+        with torch.no_grad():
+            if counter is not None:
+                with counter:
+                    model(x)
+            else:
+                model(x)
+    except RuntimeError as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise NfedgeError(f"model does not run on input {'x'.join(map(str, shape))}: {msg}") from None
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes:  # leave every submodule's train/eval mode as it was
+            m.training = mode
+    return (counter.get_total_flops() // 2 if counter is not None else None), (layers if geometry else None)
+
+
+def layer_geometry(model: nn.Module, input_shape: Sequence[int]) -> list[LayerGeometry]:
+    """The SCALE-SIM topology rows of `model` at `input_shape` (C, H, W; batch 1), in execution order."""
+    return _profile(model, input_shape, macs=False)[1] or []
+
+
+def scalesim_topology_csv(layers: Sequence[LayerGeometry]) -> str:
+    """A SCALE-SIM conv topology file for `layers` (grouped convs become one row per group), for
+    cross-checking this model against SCALE-SIM itself; nfedge never runs SCALE-SIM."""
+    out = ["Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, Strides,"]
+    for lg in layers:
+        if lg.extent_h != lg.filter_h or lg.extent_w != lg.filter_w:
+            raise NfedgeError(f"layer {lg.name}: dilated convs have no SCALE-SIM topology row")
+        if lg.stride_h != lg.stride_w:
+            raise NfedgeError(f"layer {lg.name}: SCALE-SIM topology rows take one stride")
+        for gi in range(lg.groups):
+            row = lg.topology_row()
+            row[0] = (lg.name if lg.groups == 1 else f"{lg.name}_g{gi}").replace(",", "_").replace(".", "_")
+            out.append(", ".join(str(v) for v in row) + ",")
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------------------------------- counting
+
+
+def count_params(model: nn.Module) -> int:
+    """All parameters (trainable or not; shared tensors once); buffers such as BN statistics excluded."""
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Multiply-accumulates of one forward pass at `input_shape` (C, H, W; batch 1), from
+    torch.utils.flop_counter.FlopCounterMode (MACs = FLOPs / 2; conv, transposed conv, matmul/linear)."""
+    return int(_profile(model, input_shape, geometry=False)[0] or 0)
+
+
+def weight_memory_accesses(model: nn.Module, input_shape: Sequence[int], array: tuple[int, int] = DEFAULT_ARRAY,
+                           *, weights_per_access: int = WEIGHTS_PER_ACCESS) -> int:
+    """TWMA: SCALE-SIM output-stationary filter SRAM reads on a rows x cols array, summed over the
+    Conv2d/ConvTranspose2d/Linear layers of one batch-1 forward pass, divided by `weights_per_access`
+    (8, as the paper) and rounded up. See the module docstring for the dataflow model."""
+    rows, cols = _check_array(array)
+    require(isinstance(weights_per_access, int) and weights_per_access >= 1, "weights_per_access must be an integer >= 1")
+    reads = sum(lg.filter_reads((rows, cols)) for lg in layer_geometry(model, input_shape))
+    return -(-reads // weights_per_access)
+
+
+def _check_array(array: Any) -> tuple[int, int]:
+    try:
+        rows, cols = (int(v) for v in array)
+    except (TypeError, ValueError):
+        raise NfedgeError(f"array must be (rows, cols), got {array!r}") from None
+    require(rows >= 1 and cols >= 1, f"array rows and cols must be >= 1, got {rows}x{cols}")
+    return rows, cols
+
+
+# ---------------------------------------------------------------------------------- energy saving
+
+
+def energy_saving(twma_generator: float, twma_base: float, r: float) -> float:
+    """Paper Eq. 6: ES = 1 - r - TWMA_G / TWMA_base (a fraction). The base model's weights are read at
+    the low voltage (energy r per access), the generator's at nominal (1 per access); relative to the
+    base model at nominal voltage: (TWMA_base - (r TWMA_base + TWMA_G)) / TWMA_base."""
+    require(twma_base > 0, f"TWMA of the base model must be positive, got {twma_base}")
+    require(twma_generator >= 0, f"TWMA of the generator must be >= 0, got {twma_generator}")
+    require(r > 0, f"energy ratio r must be positive, got {r}")
+    return 1.0 - r - twma_generator / twma_base
+
+
+def mac_energy_saving(macs_generator: float, macs_base: float, r: float) -> float:
+    """Paper Eq. 7: MAC-ES = 1 - r - MACs_G / MACs_base (a fraction): the generator's compute is charged
+    against the base model's instead of its weight reads (a large generator can cost more than it saves)."""
+    require(macs_base > 0, f"MACs of the base model must be positive, got {macs_base}")
+    require(macs_generator >= 0, f"MACs of the generator must be >= 0, got {macs_generator}")
+    require(r > 0, f"energy ratio r must be positive, got {r}")
+    return 1.0 - r - macs_generator / macs_base
+
+
+# ------------------------------------------------------------------------------------------ stage
+
+
+def parse_input_shape(text: str) -> tuple[int, int, int]:
+    """'CxHxW' -> (C, H, W), e.g. '3x32x32'."""
+    parts = str(text).lower().replace(" ", "").split("x")
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or any(v < 1 for v in shape):
+        raise NfedgeError(f"input must be CxHxW with positive integers (e.g. 3x32x32), got {text!r}")
+    return shape  # type: ignore[return-value]
+
+
+@dataclasses.dataclass(frozen=True)
+class EnergyConfig(StageConfig):
+    base: str = "cnn-s"
+    generator: str | None = "ConvS"  # None: undervolting alone (no generator)
+    input: str = "1x32x32"  # CxHxW
+    classes: int = 10
+    voltage: float | None = DEFAULT_VOLTAGE  # V/Vmin of the base model's weight memory; or ber
+    ber: float | None = None  # looked up as the voltage giving this BER in the calibration table
+    calibration: str = "sram-14nm"
+    array_rows: int = 32
+    array_cols: int = 32
+
+    def validate(self) -> None:
+        require(isinstance(self.base, str) and self.base in BASE_MODELS,
+                f"unknown base model {self.base!r}; known: {', '.join(BASE_MODELS.names())}")
+        require(self.generator is None or (isinstance(self.generator, str) and self.generator in GENERATORS),
+                f"unknown generator {self.generator!r}; known: {', '.join(GENERATORS.names())}")
+        parse_input_shape(self.input)
+        require(isinstance(self.classes, int) and not isinstance(self.classes, bool) and self.classes >= 1,
+                f"classes must be an integer >= 1, got {self.classes!r}")
+        require((self.ber is None) != (self.voltage is None), "give exactly one of voltage and ber")
+        if self.voltage is not None:
+            require(isinstance(self.voltage, (int, float)) and math.isfinite(self.voltage) and self.voltage > 0,
+                    f"voltage must be a positive number (V/Vmin), got {self.voltage!r}")
+        if self.ber is not None:
+            require(isinstance(self.ber, (int, float)) and 0.0 <= self.ber <= 0.5,
+                    f"BER must be in [0, 0.5], got {self.ber!r}")
+        for f in ("array_rows", "array_cols"):
+            v = getattr(self, f)
+            require(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{f} must be an integer >= 1, got {v!r}")
+
+
+@contextlib.contextmanager
+def _shapes_only() -> Iterator[None]:
+    """Build registered models on the meta device: counting needs shapes, not weights (ResNet50 is
+    built in milliseconds instead of seconds), and the caller's RNG is left alone."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        yield
+
+
+def _measure(model: nn.Module, input_shape: tuple[int, ...], array: tuple[int, int]) -> tuple[int, int, int]:
+    macs, layers = _profile(model, input_shape)
+    reads = sum(lg.filter_reads(array) for lg in layers or [])
+    return count_params(model), int(macs or 0), -(-reads // WEIGHTS_PER_ACCESS)
+
+
+def estimate_energy(cfg: EnergyConfig) -> dict[str, Any]:
+    """Parameters, MACs and TWMA of the base model and the generator at `cfg.input`, and the energy
+    saving of running the base model's weight memory at the low voltage behind the generator (at
+    nominal voltage): ES (Eq. 6, weight accesses) and MAC-ES (Eq. 7). Savings are fractions."""
+    cal = load_calibration(cfg.calibration)
+    voltage = float(cfg.voltage) if cfg.voltage is not None else cal.voltage_for_ber(float(cfg.ber))
+    ber = float(cfg.ber) if cfg.ber is not None else cal.ber_at(voltage)
+    r = cal.energy_at(voltage)
+    c, h, w = parse_input_shape(cfg.input)
+    array = (cfg.array_rows, cfg.array_cols)
+    with _shapes_only():
+        base = create_base_model(cfg.base, in_channels=c, num_classes=cfg.classes)
+        gen = create_generator(cfg.generator, in_channels=c, input_size=(h, w)) if cfg.generator else None
+    bp, bm, bw = _measure(base, (c, h, w), array)
+    if gen is not None:
+        gp, gm, gw = _measure(gen, (c, h, w), array)
+    else:
+        gp = gm = gw = 0
+    require(bw > 0 and bm > 0, f"base model {cfg.base} has no conv/linear layers to count")
+    return {
+        "base": BASE_MODELS.canonical(cfg.base),
+        "generator": GENERATORS.canonical(cfg.generator) if cfg.generator else None,
+        "voltage": voltage,
+        "ber": ber,
+        "r": r,
+        "base_params": bp,
+        "base_macs": bm,
+        "base_weight_accesses": bw,
+        "generator_params": gp if gen is not None else None,
+        "generator_macs": gm if gen is not None else None,
+        "generator_weight_accesses": gw if gen is not None else None,
+        "energy_saving": energy_saving(gw, bw, r),
+        "mac_energy_saving": mac_energy_saving(gm, bm, r),
+        "dataflow": dataflow_description(array),
+    }
+
+
+def list_models(input_shape: Sequence[int] = (3, 32, 32), classes: int = 10) -> list[dict[str, Any]]:
+    """Every registered base model and generator with its parameters, MACs and TWMA (32x32 OS array)
+    at `input_shape` (C, H, W). A model that cannot be built or run at that input gets None figures and
+    an "error" line instead of failing the whole list."""
+    shape = _as_shape(input_shape)
+    require(len(shape) == 3, f"input shape must be (C, H, W), got {input_shape!r}")
+    require(isinstance(classes, int) and classes >= 1, f"classes must be an integer >= 1, got {classes!r}")
+    c, h, w = shape
+    rows: list[dict[str, Any]] = []
+    entries = [(n, "base", lambda n: create_base_model(n, in_channels=c, num_classes=classes))
+               for n in BASE_MODELS.names()]
+    entries += [(n, "generator", lambda n: create_generator(n, in_channels=c, input_size=(h, w)))
+                for n in GENERATORS.names()]
+    with _shapes_only():
+        for name, kind, make in entries:
+            row: dict[str, Any] = {"name": name, "kind": kind, "params": None, "macs": None, "weight_accesses": None}
+            try:
+                model = make(name)
+                row["params"] = count_params(model)
+                _, row["macs"], row["weight_accesses"] = _measure(model, shape, DEFAULT_ARRAY)
+            except NfedgeError as e:
+                row["error"] = str(e)
+            rows.append(row)
+    return rows
