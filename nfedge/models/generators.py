@@ -131,6 +131,19 @@ def deconv_s(in_channels: int = 3, input_size: tuple[int, int] = (32, 32)) -> nn
     return EncoderDecoder(_enc_small(in_channels), dec, _deconv_head(32, in_channels), in_channels, input_size)
 
 
+@GENERATORS.register("ConvT")
+def conv_t(in_channels: int = 3, input_size: tuple[int, int] = (32, 32)) -> nn.Module:
+    """Conv-T (nfedge, not in the paper): Conv-S's shape at widths 8/16/16, for MCU-size base models.
+
+    The paper's generators are sized for ResNet/VGG bases; in front of a ~100k-weight classifier even
+    Conv-S reads more weight memory than the base model and the energy saving turns negative.
+    """
+    input_size = _check_size("ConvT", in_channels, input_size)
+    enc = _cb(in_channels, 8) + [_mp()] + _cb(8, 16) + [_mp()] + _cb(16, 16) + [_mp()]
+    dec = _cb(16, 16) + [_up()] + _cb(16, 8) + [_up()] + _cb(8, 8) + [_up()]
+    return EncoderDecoder(enc, dec, _conv_head(8, in_channels), in_channels, input_size)
+
+
 # -------------------------------------------------------------------------------------------- UNet
 
 
@@ -205,6 +218,12 @@ def unet_l(in_channels: int = 3, input_size: tuple[int, int] = (32, 32)) -> nn.M
 def unet_s(in_channels: int = 3, input_size: tuple[int, int] = (32, 32)) -> nn.Module:
     """UNet-S (widths 8/16/32/64); 121,195 parameters at 3 channels."""
     return UNet(in_channels, 8, _check_size("UNetS", in_channels, input_size))
+
+
+@GENERATORS.register("UNetT")
+def unet_t(in_channels: int = 3, input_size: tuple[int, int] = (32, 32)) -> nn.Module:
+    """UNet-T (nfedge, not in the paper): UNet at widths 4/8/16/32, for MCU-size base models."""
+    return UNet(in_channels, 4, _check_size("UNetT", in_channels, input_size))
 
 
 # --------------------------------------------------------------------------------------------- UIP

@@ -21,7 +21,8 @@ PARAMS = {  # REFERENCE section 4, 3x32x32
 }
 PAPER_MACS = {"ConvL": 80.5e6, "ConvS": 10.34e6, "DeConvL": 64.69e6, "DeConvS": 22.44e6,
               "UNetL": 41.41e6, "UNetS": 10.58e6}
-ALL = sorted(PARAMS) + ["UIP"]
+NFEDGE_TINY = {"ConvT": 7_851, "UNetT": 30_469}  # nfedge's MCU-size generators (1 x 32 x 32)
+ALL = sorted(PARAMS) + ["UIP"] + sorted(NFEDGE_TINY)
 
 
 def n_params(m: nn.Module) -> int:
@@ -148,3 +149,11 @@ def test_torch_export(name):
     x = torch.randn(2, 1, 32, 32)
     ep = torch.export.export(g, (x,))
     torch.testing.assert_close(ep.module()(x), g(x))
+
+
+@pytest.mark.parametrize("name", sorted(NFEDGE_TINY))
+def test_tiny_generators(name):
+    g = create_generator(name, in_channels=1)
+    assert n_params(g) == NFEDGE_TINY[name]
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    assert g(x).shape == x.shape
