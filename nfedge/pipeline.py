@@ -1,0 +1,140 @@
+"""`nfedge run`: the whole chain on one config, every stage cached by the hash of what it depends on.
+
+    train-base -> quantize -> train generators (EOPM) -> evaluate (host) -> build -> faultrun -> report
+
+Each stage writes into <out>/<stage>-<hash>/ and marks completion with DONE.json (written last,
+atomically); a stage whose DONE.json exists is skipped, so a re-run reuses everything and an
+interrupted run resumes (train-base also resumes inside its epochs). The resolved config is saved as
+<out>/run.json; the report goes to <out>/report/.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from nfedge.config import StageConfig, require
+from nfedge.eopm import EOPMConfig
+from nfedge.errors import NfedgeError
+from nfedge.fileio import atomic_write_json
+from nfedge.models import GENERATORS
+from nfedge.progress import DEFAULT, Progress
+from nfedge.quant import check_bits
+from nfedge.train_base import TrainBaseConfig
+
+TABLE_VOLTAGES = (1.0, 0.958, 0.917, 0.875, 0.833, 0.792)  # nominal down to ~5% BER (calibration table)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig(StageConfig):
+    base: TrainBaseConfig = TrainBaseConfig(epochs=3)
+    bits: int = 8
+    generators: tuple[str, ...] = ("ConvT", "UNetT", "UIP")
+    eopm: EOPMConfig = EOPMConfig(generator="ConvT", epochs=1, ber=0.01, n_perturbed=5, batch_size=64)
+    voltages: tuple[float, ...] = TABLE_VOLTAGES  # host sweep and target sweep (V/Vmin)
+    chips: int = 10  # host evaluation chips
+    fault: str = "flip"
+    eval_limit: int | None = None  # test images in the host sweep (None: the whole test set)
+    target: str = "arm-cortex"  # a target descriptor, or "none" for host simulation only
+    target_voltages: tuple[float, ...] = (0.875, 0.833)  # on-target fault runs (emulation is slow)
+    target_chips: int = 3
+    target_samples: int = 64  # test images per chip on the target
+
+    def validate(self) -> None:
+        check_bits(self.bits)
+        require(len(self.generators) >= 1, "at least one generator")
+        for g in self.generators:
+            require(g in GENERATORS, f"unknown generator {g!r}; known: {', '.join(GENERATORS.names())}")
+        require(self.chips >= 1 and self.target_chips >= 1 and self.target_samples >= 1, "chips and samples must be >= 1")
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+@dataclasses.dataclass
+class Stage:
+    """One cached stage: its directory and whether it ran now or was reused."""
+
+    name: str
+    path: Path
+    reused: bool
+    seconds: float
+
+
+def run_stage(root: Path, name: str, key: str, fn: Callable[[Path], dict[str, Any] | None],
+              progress: Progress, log: list[Stage]) -> Path:
+    d = root / f"{name}-{key}"
+    done = d / "DONE.json"
+    if done.is_file():
+        progress.info(f"{name}: reusing {d.name}")
+        log.append(Stage(name, d, True, 0.0))
+        return d
+    progress.info(f"{name}: running -> {d.name}")
+    d.mkdir(parents=True, exist_ok=True)
+    t = time.time()
+    info = fn(d) or {}
+    seconds = time.time() - t
+    atomic_write_json(done, {"stage": name, "key": key, "seconds": seconds, **info})
+    log.append(Stage(name, d, False, seconds))
+    return d
+
+
+def run_pipeline(cfg: RunConfig, out_dir: str | Path, progress: Progress = DEFAULT) -> dict[str, Any]:
+    """Run (or reuse) every stage; returns {"stages": [...], "summary": {...}, "report": path}."""
+    from nfedge import stages
+
+    root = Path(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(root / "run.json", cfg.to_dict())
+    log: list[Stage] = []
+    base_key = _digest(cfg.base.to_dict())
+    base_dir = run_stage(root, "base", base_key, lambda d: stages.train_base_stage(cfg, d, progress), progress, log)
+    image_key = _digest(base_key, cfg.bits)
+    image_dir = run_stage(root, "image", image_key, lambda d: stages.quantize_stage(base_dir, cfg, d), progress, log)
+    gen_dirs = {}
+    for g in cfg.generators:
+        key = _digest(image_key, dataclasses.replace(cfg.eopm, generator=g).to_dict())
+        gen_dirs[g] = run_stage(root, f"gen-{g}", key,
+                                lambda d, g=g: stages.train_generator_stage(cfg, g, base_dir, image_dir, d, progress),
+                                progress, log)
+    eval_key = _digest(image_key, {g: d.name for g, d in gen_dirs.items()}, cfg.voltages, cfg.chips, cfg.fault, cfg.eval_limit)
+    eval_dir = run_stage(root, "evaluate", eval_key,
+                         lambda d: stages.evaluate_stage(cfg, base_dir, image_dir, gen_dirs, d, progress), progress, log)
+    target_dir = None
+    if cfg.target != "none":
+        from nfedge.faultrun import FaultrunConfig  # noqa: F401  (target stages need the TVM toolchain)
+
+        build_key = _digest(image_key, {g: d.name for g, d in gen_dirs.items()}, cfg.target)
+        build_dir = run_stage(root, "build", build_key,
+                              lambda d: stages.build_stage(cfg, base_dir, image_dir, gen_dirs, d, progress), progress, log)
+        fr_key = _digest(build_key, cfg.target_voltages, cfg.target_chips, cfg.target_samples, cfg.fault)
+        target_dir = run_stage(root, "faultrun", fr_key, lambda d: stages.faultrun_stage(cfg, build_dir, d, progress),
+                               progress, log)
+    report_dir = stages.report_stage(cfg, root, base_dir, image_dir, gen_dirs, eval_dir, target_dir)
+    summary = json.loads((report_dir / "summary.json").read_text())
+    return {"stages": [dataclasses.asdict(s) | {"path": str(s.path)} for s in log], "summary": summary,
+            "report": str(report_dir / "REPORT.md")}
+
+
+def load_run_config(path: str | Path | None) -> RunConfig:
+    if path is None:
+        return RunConfig()
+    p = Path(path)
+    if not p.is_file():
+        raise NfedgeError(f"run config {p} does not exist")
+    d = json.loads(p.read_text())
+    # A user's file may give only what differs from the default: merge onto the default config.
+    merged = _merge(RunConfig().to_dict(), d)
+    return RunConfig.from_dict(merged)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out

@@ -1,0 +1,81 @@
+"""The pipeline's stage bodies: each reads the previous stages' files and writes its own directory."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nfedge.checkpoint import load_checkpoint
+from nfedge.data import load_dataset
+from nfedge.energy import EnergyConfig, estimate_energy
+from nfedge.eopm import load_generator, save_generator, train_generator
+from nfedge.evaluate import EvaluateConfig, evaluate
+from nfedge.fileio import atomic_write_json, sha256_file
+from nfedge.memory import QuantizeConfig, quantize_to_image, read_image, write_image
+from nfedge.progress import Progress
+from nfedge.train_base import train_base
+
+
+def train_base_stage(cfg, d: Path, progress: Progress) -> dict[str, Any]:
+    path = train_base(cfg.base, d, progress)
+    _, meta = load_checkpoint(path)
+    return {"test_accuracy": meta["meta"]["test_accuracy"]}
+
+
+def quantize_stage(base_dir: Path, cfg, d: Path) -> dict[str, Any]:
+    model, _ = load_checkpoint(base_dir / "base.pt")
+    image = quantize_to_image(model, QuantizeConfig(bits=cfg.bits), source_sha256=sha256_file(base_dir / "base.pt"))
+    write_image(image, d / "image")
+    return {"image_sha256": image.manifest.image_sha256, "bytes": image.manifest.total_bytes}
+
+
+def train_generator_stage(cfg, name: str, base_dir: Path, image_dir: Path, d: Path, progress: Progress) -> dict[str, Any]:
+    model, meta = load_checkpoint(base_dir / "base.pt")
+    image = read_image(image_dir / "image")
+    train, _, info = load_dataset(cfg.base.data)
+    ecfg = dataclasses.replace(cfg.eopm, generator=name)
+    gen, log = train_generator(ecfg, [(model, image)], train, info.channels, info.image_size, progress)
+    meta = {"config": ecfg.to_dict(), **log, "image_sha256": image.manifest.image_sha256}
+    save_generator(d / "generator.pt", gen, name, info.channels, info.image_size, meta)
+    return {"steps": log["steps"]}
+
+
+def test_tensors(cfg, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test set (or its first `limit` images of a seeded subset): the same images on host and target."""
+    data = dataclasses.replace(cfg.base.data, test_limit=limit) if limit is not None else cfg.base.data
+    _, test, _ = load_dataset(data)
+    return test.tensors
+
+
+def evaluate_stage(cfg, base_dir: Path, image_dir: Path, gen_dirs: dict[str, Path], d: Path,
+                   progress: Progress) -> dict[str, Any]:
+    model, _ = load_checkpoint(base_dir / "base.pt")
+    image = read_image(image_dir / "image")
+    gens = {g: load_generator(p / "generator.pt")[0] for g, p in gen_dirs.items()}
+    ecfg = EvaluateConfig(voltages=cfg.voltages, chips=cfg.chips, fault=cfg.fault)
+    result = evaluate(model, image, test_tensors(cfg, cfg.eval_limit), ecfg, generators=gens, progress=progress)
+    _, _, info = load_dataset(dataclasses.replace(cfg.base.data, train_limit=1, test_limit=1))
+    shape = f"{info.channels}x{info.image_size[0]}x{info.image_size[1]}"
+    result["energy"] = {g: estimate_energy(EnergyConfig(base=cfg.base.model, generator=g, input=shape,
+                                                        classes=info.num_classes, voltage=0.833)) for g in gen_dirs}
+    atomic_write_json(d / "evaluate.json", result)
+    return {}
+
+
+def report_stage(cfg, root: Path, base_dir: Path, image_dir: Path, gen_dirs: dict[str, Path], eval_dir: Path,
+                 target_dir: Path | None) -> Path:
+    """Always rewritten (cheap): the report reflects exactly the stages of this run."""
+    from nfedge.report import write_report
+
+    host = json.loads((eval_dir / "evaluate.json").read_text())
+    target = json.loads((target_dir / "faultrun.json").read_text()) if target_dir else None
+    _, meta = load_checkpoint(base_dir / "base.pt")
+    header = (f"Base model `{cfg.base.model}` on `{cfg.base.data.dataset}` ({cfg.bits}-bit weights, clean test accuracy "
+              f"{100 * meta['meta']['test_accuracy']:.2f}% after QAT); generators {', '.join(cfg.generators)} trained with "
+              f"EOPM at BER {cfg.eopm.ber} ({cfg.eopm.fault}), N = {cfg.eopm.n_perturbed}, lambda = {cfg.eopm.lam}, "
+              f"{cfg.eopm.epochs} epoch(s). Run config: `run.json`.")
+    return write_report(host, target, root / "report", header=header)
