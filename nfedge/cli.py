@@ -321,6 +321,17 @@ def report_cmd(run_dir):
     click.echo(f"wrote {out / 'REPORT.md'}")
 
 
+def cli_reference_markdown() -> str:
+    """docs/CLI.md: every command's --help, at a fixed width (a test keeps the file in sync)."""
+    parts = ["# nfedge command reference", "", "Generated from the click help by "
+             "`.venv/bin/python -c 'from nfedge.cli import cli_reference_markdown as r; print(r(), end=\"\")' > docs/CLI.md`.", ""]
+    commands = [("nfedge", cli)] + [(f"nfedge {n}", c) for n, c in sorted(cli.commands.items())]
+    for name, cmd in commands:
+        ctx = click.Context(cmd, info_name=name, terminal_width=100, max_content_width=100)
+        parts += [f"## `{name}`", "", "```", cmd.get_help(ctx), "```", ""]
+    return "\n".join(parts)
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)

@@ -91,3 +91,12 @@ def test_missing_checkpoint_and_usage_errors(tmp_path):
     assert_one_line_error(nfedge("quantize", "--checkpoint", tmp_path / "no.pt", "--out", tmp_path / "q"), "does not exist")
     r = nfedge("inject", "--bogus")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_cli_reference_is_in_sync():
+    from pathlib import Path
+
+    from nfedge.cli import cli_reference_markdown
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "CLI.md"
+    assert doc.read_text() == cli_reference_markdown(), "docs/CLI.md is stale: regenerate it (command at its top)"

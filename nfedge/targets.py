@@ -1,0 +1,274 @@
+"""Target descriptors: one declarative TOML file per target in targets/ (adding a target = adding a file).
+
+The files are read through importlib.resources from nfedge._data.targets (pyproject maps that package
+to the checkout's top-level targets/ folder), so an installed nfedge finds them outside the checkout.
+
+    load_target("cortex-m55")            # by name (targets/cortex-m55.toml)
+    load_target("arm-cortex")            # an alias file: alias = "cortex-m55"
+    load_target("path/to/my-board.toml") # any descriptor file
+    list_targets()                       # ["arm-cortex", "cortex-a72", "cortex-m4", "cortex-m55", "host"]
+
+A descriptor holds the TVM target (a JSON dict), the toolchain, the emulator, the memory map (code, RAM
+and, for bare-metal targets, the fixed address where the weight image is loaded), the clock (for an
+*estimated* time) and the timer-to-instructions factor. Kinds:
+  bare-metal  Cortex-M under qemu-system-arm: firmware.elf, image placed at memory.image.origin
+  linux       aarch64 user space under qemu-user: a static runner, image read from a file
+  host        the build machine: tvm.compile + export_library, run by the Relax VM
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from nfedge.errors import NfedgeError
+
+__all__ = ["MemoryRegion", "Toolchain", "Emulator", "TargetDescriptor", "load_target", "list_targets",
+           "KINDS", "DEFAULT_TARGET"]
+
+KINDS = ("bare-metal", "linux", "host")
+TIMERS = ("systick", "wall", "none")
+DEFAULT_TARGET = "arm-cortex"
+_MAX_ALIAS_DEPTH = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryRegion:
+    name: str
+    origin: int
+    length: int
+
+    @property
+    def end(self) -> int:
+        return self.origin + self.length
+
+    def overlaps(self, other: "MemoryRegion") -> bool:
+        return self.origin < other.end and other.origin < self.end
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "origin": self.origin, "length": self.length,
+                "origin_hex": f"0x{self.origin:08x}", "length_kib": self.length / 1024}
+
+
+@dataclasses.dataclass(frozen=True)
+class Toolchain:
+    cc: str
+    size: str
+    cflags: tuple[str, ...]
+    ldflags: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Emulator:
+    command: tuple[str, ...]  # program and its fixed leading arguments
+    machine: str | None  # qemu-system -M
+    cpu: str | None  # qemu -cpu
+    args: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetDescriptor:
+    name: str
+    description: str
+    kind: str
+    tvm_target_json: str  # canonical JSON of the TVM target dict (frozen dataclasses need immutable fields)
+    toolchain: Toolchain
+    emulator: Emulator | None
+    code: MemoryRegion | None
+    ram: MemoryRegion
+    image: MemoryRegion | None
+    stack_bytes: int
+    heap_bytes: int
+    clock_hz: int
+    timer: str
+    instructions_per_tick: float | None
+    source: str  # the file it was read from
+    boot: MemoryRegion | None = None  # where the reset vector table must sit (bare metal; default: code)
+    aliases: tuple[str, ...] = ()  # names that led here (e.g. "arm-cortex")
+
+    @property
+    def tvm_target_dict(self) -> dict[str, Any]:
+        return json.loads(self.tvm_target_json)
+
+    def tvm_target(self):
+        """A tvm.target.Target (TVM 0.27 wants a Target built from the dict, never a bare dict)."""
+        import tvm
+
+        try:
+            return tvm.target.Target(self.tvm_target_dict)
+        except Exception as e:  # noqa: BLE001
+            raise NfedgeError(f"target {self.name}: TVM rejects target {self.tvm_target_json}: {e}") from None
+
+    @property
+    def is_bare_metal(self) -> bool:
+        return self.kind == "bare-metal"
+
+    @property
+    def counts_instructions(self) -> bool:
+        return self.instructions_per_tick is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "description": self.description, "kind": self.kind,
+            "tvm_target": self.tvm_target_dict,
+            "toolchain": dataclasses.asdict(self.toolchain),
+            "emulator": dataclasses.asdict(self.emulator) if self.emulator else None,
+            "memory": {k: (getattr(self, k).to_dict() if getattr(self, k) else None)
+                       for k in ("boot", "code", "ram", "image")}
+                      | {"stack_bytes": self.stack_bytes, "heap_bytes": self.heap_bytes},
+            "timing": {"clock_hz": self.clock_hz, "timer": self.timer,
+                       "instructions_per_tick": self.instructions_per_tick},
+            "source": self.source, "aliases": list(self.aliases),
+        }
+
+
+def _targets_dir():
+    return importlib.resources.files("nfedge._data.targets")
+
+
+def list_targets() -> list[str]:
+    """Names of the built-in targets (aliases included), sorted."""
+    return sorted(p.name[:-5] for p in _targets_dir().iterdir() if p.name.endswith(".toml"))
+
+
+def _read_toml(name_or_path: str | Path) -> tuple[dict[str, Any], str]:
+    s = str(name_or_path)
+    if s.endswith(".toml") or "/" in s or "\\" in s:
+        p = Path(s)
+        if not p.is_file():
+            raise NfedgeError(f"target descriptor {p} does not exist")
+        text, source = p.read_text(), str(p)
+    else:
+        res = _targets_dir() / f"{s.lower()}.toml"
+        if not res.is_file():
+            raise NfedgeError(f"unknown target {s!r}; known: {', '.join(list_targets())} "
+                              "(or pass the path of a descriptor .toml)")
+        text, source = res.read_text(), str(res)
+    try:
+        return tomllib.loads(text), source
+    except tomllib.TOMLDecodeError as e:
+        raise NfedgeError(f"target descriptor {source}: invalid TOML ({e})") from None
+
+
+def load_target(name_or_path: str | Path = DEFAULT_TARGET) -> TargetDescriptor:
+    """Read and validate a target descriptor by name (built-in) or path; aliases are followed."""
+    aliases: list[str] = []
+    current: str | Path = name_or_path
+    for _ in range(_MAX_ALIAS_DEPTH):
+        data, source = _read_toml(current)
+        if "alias" in data:
+            if set(data) != {"alias"} or not isinstance(data["alias"], str):
+                raise NfedgeError(f"target descriptor {source}: an alias file holds only alias = \"<target name>\"")
+            aliases.append(Path(source).stem)
+            current = data["alias"]
+            continue
+        return _parse(data, source, tuple(aliases))
+    raise NfedgeError(f"target {name_or_path!r}: alias chain longer than {_MAX_ALIAS_DEPTH} (a loop?)")
+
+
+class _Reader:
+    """Typed access to a TOML table with one-line errors naming the file and the key."""
+
+    def __init__(self, data: dict[str, Any], source: str, prefix: str = "") -> None:
+        self.data, self.source, self.prefix = data, source, prefix
+
+    def _err(self, key: str, msg: str) -> NfedgeError:
+        return NfedgeError(f"target descriptor {self.source}: {self.prefix}{key} {msg}")
+
+    def get(self, key: str, typ, default=dataclasses.MISSING):
+        if key not in self.data:
+            if default is dataclasses.MISSING:
+                raise self._err(key, "is missing")
+            return default
+        v = self.data[key]
+        if typ is float and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
+            names = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
+            raise self._err(key, f"must be a {names}, got {type(v).__name__}")
+        return v
+
+    def table(self, key: str, required: bool = True) -> "_Reader | None":
+        if key not in self.data:
+            if required:
+                raise self._err(key, "table is missing")
+            return None
+        return _Reader(self.get(key, dict), self.source, f"{self.prefix}{key}.")
+
+    def strings(self, key: str, default=dataclasses.MISSING) -> tuple[str, ...]:
+        v = self.get(key, list, default)
+        if not all(isinstance(x, str) for x in v):
+            raise self._err(key, "must be a list of strings")
+        return tuple(v)
+
+    def region(self, key: str, required: bool = True) -> MemoryRegion | None:
+        t = self.table(key, required)
+        if t is None:
+            return None
+        r = MemoryRegion(name=t.get("name", str, key), origin=t.get("origin", int), length=t.get("length", int))
+        if r.origin < 0 or r.length <= 0 or r.end > 1 << 64:
+            raise self._err(key, f"has an invalid range (origin {r.origin:#x}, length {r.length:#x})")
+        return r
+
+
+def _parse(data: dict[str, Any], source: str, aliases: tuple[str, ...]) -> TargetDescriptor:
+    r = _Reader(data, source)
+    known = {"name", "description", "kind", "tvm", "toolchain", "emulator", "memory", "timing"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise NfedgeError(f"target descriptor {source}: unknown key(s) {', '.join(unknown)}")
+    name = r.get("name", str)
+    kind = r.get("kind", str)
+    if kind not in KINDS:
+        raise NfedgeError(f"target descriptor {source}: kind {kind!r} is not one of {', '.join(KINDS)}")
+    tvm_t = r.table("tvm").get("target", dict)
+    if tvm_t.get("kind") != "llvm":
+        raise NfedgeError(f"target descriptor {source}: tvm.target.kind must be \"llvm\" (got {tvm_t.get('kind')!r})")
+    tc = r.table("toolchain")
+    toolchain = Toolchain(cc=tc.get("cc", str), size=tc.get("size", str, "size"),
+                          cflags=tc.strings("cflags", ()), ldflags=tc.strings("ldflags", ()))
+    em = r.table("emulator", required=kind != "host")
+    emulator = None
+    if em is not None:
+        emulator = Emulator(command=em.strings("command"), machine=em.get("machine", str, None),
+                            cpu=em.get("cpu", str, None), args=em.strings("args", ()))
+        if not emulator.command:
+            raise NfedgeError(f"target descriptor {source}: emulator.command is empty")
+    mem = r.table("memory")
+    boot = mem.region("boot", required=False)
+    code = mem.region("code", required=kind == "bare-metal")
+    ram = mem.region("ram")
+    image = mem.region("image", required=kind == "bare-metal")
+    stack_bytes = mem.get("stack_bytes", int, 0x8000)
+    heap_bytes = mem.get("heap_bytes", int, 0x8000)
+    if kind != "bare-metal" and boot is not None:
+        raise NfedgeError(f"target descriptor {source}: memory.boot only applies to bare-metal targets")
+    if kind == "bare-metal":
+        regions = [r for r in (boot, code, ram, image) if r is not None]
+        for i, a in enumerate(regions):
+            for b in regions[i + 1:]:
+                if not a.overlaps(b):
+                    continue
+                raise NfedgeError(f"target descriptor {source}: memory regions {a.name} and {b.name} overlap")
+        if emulator.machine is None:
+            raise NfedgeError(f"target descriptor {source}: a bare-metal target needs emulator.machine")
+    tm = r.table("timing")
+    timer = tm.get("timer", str)
+    if timer not in TIMERS:
+        raise NfedgeError(f"target descriptor {source}: timing.timer {timer!r} is not one of {', '.join(TIMERS)}")
+    ipt = tm.get("instructions_per_tick", float, None)
+    if timer == "systick" and (ipt is None or ipt <= 0):
+        raise NfedgeError(f"target descriptor {source}: a systick timer needs a positive timing.instructions_per_tick")
+    clock = tm.get("clock_hz", int)
+    if clock < 0:
+        raise NfedgeError(f"target descriptor {source}: timing.clock_hz must be >= 0")
+    return TargetDescriptor(
+        name=name, description=r.get("description", str, name), kind=kind,
+        tvm_target_json=json.dumps(tvm_t, sort_keys=True), toolchain=toolchain, emulator=emulator,
+        code=code, ram=ram, image=image, stack_bytes=stack_bytes, heap_bytes=heap_bytes,
+        clock_hz=clock, timer=timer, instructions_per_tick=ipt if timer == "systick" else None,
+        source=source, boot=boot, aliases=aliases)
