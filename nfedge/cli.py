@@ -270,6 +270,60 @@ def energy_cmd(base, generator, input_shape, classes, voltage, ber, calibration,
     click.echo(json.dumps(r, sort_keys=True) if as_json else "\n".join(lines))
 
 
+@cli.command("build")
+@click.option("--target", default="arm-cortex", show_default=True, help="target descriptor name or TOML path")
+@click.option("--bits", type=int, help="expected weight precision (must equal the image's)")
+@click.option("--base", "base_path", required=True, help="base checkpoint")
+@click.option("--image", "image_dir", required=True, help="its clean memory image")
+@click.option("--generator", "generator_path", help="generator checkpoint (omit: base model alone)")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="bundle directory")
+def build_cmd(target, bits, base_path, image_dir, generator_path, out):
+    """Compile generator (nominal voltage) and base model (weights from the image) with TVM for a target."""
+    from nfedge.compile import BuildConfig
+    from nfedge.faultrun import build_bundle
+
+    _bases([base_path], [image_dir])  # the image must come from this checkpoint
+    b = build_bundle(BuildConfig(target=target, bits=bits), base_path, image_dir, generator_path, out)
+    sizes = b.manifest.get("sizes", {})
+    click.echo(f"wrote {out} for {b.target.name}: " + ", ".join(f"{k} {v}" for k, v in sizes.items() if isinstance(v, int)),
+               err=True)
+
+
+@cli.command("faultrun")
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--voltage", "voltages", multiple=True, type=float, help="V/Vmin (repeat)")
+@click.option("--ber", "bers", multiple=True, type=float, help="BER fraction (repeat)")
+@click.option("--chips", default=3, show_default=True, type=int)
+@click.option("--samples", default=32, show_default=True, type=int, help="test images per chip")
+@click.option("--fault", default="flip", show_default=True)
+@click.option("--min-agreement", default=0.99, show_default=True, type=float,
+              help="exit non-zero below this fraction of identical host/target predictions")
+@click.option("--jobs", default=2, show_default=True, type=int, help="emulator processes in parallel")
+@click.option("--timeout", "timeout_s", default=900.0, show_default=True, type=float, help="seconds per emulator run")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--out", type=click.Path(dir_okay=False), help="also write the result JSON here")
+def faultrun_cmd(bundle_dir, voltages, bers, chips, samples, fault, min_agreement, jobs, timeout_s, as_json, out):
+    """Run the bundle on its (emulated) target against undervolted SRAM images and compare with the host."""
+    from nfedge.faultrun import FaultrunConfig, faultrun
+
+    cfg = FaultrunConfig(voltages=tuple(voltages), bers=tuple(bers), chips=chips, samples=samples, fault=fault,
+                         min_agreement=min_agreement, jobs=jobs, timeout_s=timeout_s)
+    r = faultrun(bundle_dir, None, cfg)
+    lines = [f"target {r['target']}, {r['bits']}-bit, {r['chips']} chips x {r['samples']} samples",
+             "| V/Vmin | BER | model | target acc | host acc | identical | max logit diff |", "|---|---|---|---|---|---|---|"]
+    for row in r["results"]:
+        for n, acc in row["target_accuracy"].items():
+            ag = row["agreement"][n]
+            lines.append(f"| {row['voltage']} | {row['ber']:.4g} | {n} | {acc['mean']:.2f}+-{acc['std']:.2f} | "
+                         f"{row['host_accuracy'][n]['mean']:.2f} | {100 * ag['identical_fraction']:.1f}% | {ag['max_logit_diff']:.2e} |")
+    lines.append(f"instructions per inference: {r['instructions_per_inference']}")
+    _emit(r, as_json, out, "\n".join(lines))
+    a = r["agreement"]
+    if not a["passed"]:
+        raise NfedgeError(f"host and target disagree: {100 * a['min_identical_fraction']:.2f}% identical predictions "
+                          f"< {100 * a['threshold']:.2f}%")
+
+
 @cli.command("run")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="run config JSON (only the fields that differ from the default); default: the built-in job")

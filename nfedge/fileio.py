@@ -51,8 +51,9 @@ def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces `path`, on error it is removed.
 
     A reader never sees a half-written output directory: either the old one or the complete new one.
+    The temporary path is absolute, so tools run from another working directory can use it.
     """
-    path = Path(path)
+    path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:

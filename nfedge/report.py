@@ -72,7 +72,7 @@ def _plot_accuracy(data: dict[str, Any], path: Path) -> None:
     for name, s in data["series"].items():
         line = ax.errorbar(data["voltages"], s["mean"], yerr=s["std"], marker="o", capsize=3, label=f"{name} (host)")
         if data["target"]:
-            key = "PA" if name == BASE else name
+            key = "base" if name == BASE else name
             tv = [(p["voltage"], p["target_accuracy"][key]["mean"]) for p in data["target"]["points"] if key in p["target_accuracy"]]
             if tv:
                 ax.scatter(*zip(*tv), marker="x", s=80, color=line[0].get_color(), label=f"{name} (target)", zorder=5)

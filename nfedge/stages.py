@@ -79,3 +79,27 @@ def report_stage(cfg, root: Path, base_dir: Path, image_dir: Path, gen_dirs: dic
               f"EOPM at BER {cfg.eopm.ber} ({cfg.eopm.fault}), N = {cfg.eopm.n_perturbed}, lambda = {cfg.eopm.lam}, "
               f"{cfg.eopm.epochs} epoch(s). Run config: `run.json`.")
     return write_report(host, target, root / "report", header=header)
+
+
+def build_stage(cfg, base_dir: Path, image_dir: Path, gen_dirs: dict[str, Path], d: Path, progress: Progress) -> dict:
+    """Build for the run's target with its first generator (emulation is slow: one generator on target)."""
+    from nfedge.compile import BuildConfig
+    from nfedge.faultrun import build_bundle
+
+    gen = gen_dirs[cfg.generators[0]] / "generator.pt"
+    b = build_bundle(BuildConfig(target=cfg.target, bits=cfg.bits), base_dir / "base.pt", image_dir / "image", gen,
+                     d / "bundle", progress)
+    return {"target": b.target.name}
+
+
+def faultrun_stage(cfg, build_dir: Path, d: Path, progress: Progress) -> dict:
+    from nfedge.faultrun import FaultrunConfig, faultrun
+
+    fcfg = FaultrunConfig(voltages=cfg.target_voltages, chips=cfg.target_chips, samples=cfg.target_samples, fault=cfg.fault)
+    r = faultrun(build_dir / "bundle", None, fcfg, progress)
+    atomic_write_json(d / "faultrun.json", r)
+    if not r["agreement"]["passed"]:
+        from nfedge.errors import NfedgeError
+
+        raise NfedgeError(f"host and target disagree ({100 * r['agreement']['min_identical_fraction']:.2f}% identical)")
+    return {"agreement": r["agreement"]}

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# CI comparison job: a toy model built for arm-cortex, run under QEMU at two voltages on a few chips and
+# samples; `nfedge faultrun` exits non-zero when host and target predictions disagree (< 99% identical).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+W=$(mktemp -d); trap 'rm -rf "$W"' EXIT
+N=".venv/bin/nfedge"
+$N train-base --model cnn-xs --epochs 1 --train-limit 3000 --test-limit 500 --seed 0 --out "$W/base"
+$N quantize --checkpoint "$W/base/base.pt" --bits 8 --out "$W/img"
+$N train --base "$W/base/base.pt" --image "$W/img" --generator ConvT --max-steps 20 --n-perturbed 4 --batch-size 32 --out "$W/gen"
+$N build --target arm-cortex --bits 8 --base "$W/base/base.pt" --image "$W/img" --generator "$W/gen/generator.pt" --out "$W/bundle"
+$N faultrun --bundle "$W/bundle" --voltage 0.875 --voltage 0.833 --chips 3 --samples 16 --min-agreement 0.99
