@@ -21,25 +21,37 @@ from nfedge.models import create_base_model
 CHECKPOINT_FORMAT = "nfedge-checkpoint"
 
 
+def atomic_torch_save(path: str | Path, obj: Any) -> None:
+    """torch.save to a temp file, then rename: a reader never sees half a checkpoint."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_torch_file(path: str | Path, what: str, fmt: str, weights_only: bool = True) -> dict[str, Any]:
+    """A torch-saved dict of format `fmt`, or a one-line NfedgeError naming `what` is wrong with it."""
+    p = Path(path)
+    if not p.is_file():
+        raise NfedgeError(f"{what} {p} does not exist")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=weights_only)
+    except Exception as e:  # torch raises many types for a bad file
+        raise NfedgeError(f"{what} {p} is not a readable torch file ({type(e).__name__})") from None
+    if not isinstance(obj, dict) or obj.get("format") != fmt:
+        raise NfedgeError(f"{what} {p} is not an nfedge file of format {fmt!r}")
+    return obj
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, model_name: str, in_channels: int, num_classes: int,
                     meta: dict[str, Any] | None = None) -> None:
-    buf = io.BytesIO()
-    torch.save({"format": CHECKPOINT_FORMAT, "version": 1, "model": model_name, "in_channels": in_channels,
-                "num_classes": num_classes, "state_dict": model.state_dict(), "meta": meta or {}}, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_torch_save(path, {"format": CHECKPOINT_FORMAT, "version": 1, "model": model_name, "in_channels": in_channels,
+                             "num_classes": num_classes, "state_dict": model.state_dict(), "meta": meta or {}})
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """(model in eval mode, the checkpoint dict without its state dict)."""
     p = Path(path)
-    if not p.is_file():
-        raise NfedgeError(f"checkpoint {p} does not exist")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a bad file
-        raise NfedgeError(f"checkpoint {p} is not a readable torch file ({type(e).__name__})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise NfedgeError(f"checkpoint {p} is not an nfedge checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    ckpt = load_torch_file(p, "checkpoint", CHECKPOINT_FORMAT)
     model = create_base_model(ckpt["model"], in_channels=ckpt["in_channels"], num_classes=ckpt["num_classes"])
     try:
         model.load_state_dict(ckpt["state_dict"])

@@ -16,7 +16,6 @@ one-process gradient of the same global batch.
 from __future__ import annotations
 
 import dataclasses
-import io
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from torch import nn
 from nfedge.config import StageConfig, require
 from nfedge.errors import NfedgeError
 from nfedge.faults import FAULT_MODELS, InjectConfig
-from nfedge.fileio import atomic_write_bytes
+from nfedge.checkpoint import atomic_torch_save, load_torch_file
 from nfedge.memory import WeightImage
 from nfedge.models import GENERATORS, create_generator
 from nfedge.models.generators import neuralfuse_transform
@@ -151,22 +150,12 @@ def train_generator(cfg: EOPMConfig, bases: list[tuple[nn.Module, WeightImage]],
 
 def save_generator(path: str | Path, generator: nn.Module, name: str, in_channels: int, input_size: tuple[int, int],
                    meta: dict[str, Any]) -> None:
-    buf = io.BytesIO()
-    torch.save({"format": GENERATOR_FORMAT, "version": 1, "generator": name, "in_channels": in_channels,
-                "input_size": list(input_size), "state_dict": generator.state_dict(), "meta": meta}, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_torch_save(path, {"format": GENERATOR_FORMAT, "version": 1, "generator": name, "in_channels": in_channels,
+                             "input_size": list(input_size), "state_dict": generator.state_dict(), "meta": meta})
 
 
 def load_generator(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    p = Path(path)
-    if not p.is_file():
-        raise NfedgeError(f"generator checkpoint {p} does not exist")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise NfedgeError(f"generator checkpoint {p} is not a readable torch file ({type(e).__name__})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != GENERATOR_FORMAT:
-        raise NfedgeError(f"{p} is not an nfedge generator checkpoint")
+    ckpt = load_torch_file(path, "generator checkpoint", GENERATOR_FORMAT)
     gen = create_generator(ckpt["generator"], in_channels=ckpt["in_channels"], input_size=tuple(ckpt["input_size"]))
     gen.load_state_dict(ckpt["state_dict"])
     return gen.eval(), {k: v for k, v in ckpt.items() if k != "state_dict"}

@@ -9,15 +9,14 @@ stopped when started again with the same config.
 from __future__ import annotations
 
 import dataclasses
-import io
 from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from nfedge.checkpoint import save_checkpoint
+from nfedge.checkpoint import atomic_torch_save, save_checkpoint
 from nfedge.config import StageConfig, require
 from nfedge.data import DataConfig, load_dataset
-from nfedge.fileio import atomic_write_bytes, atomic_write_json
+from nfedge.fileio import atomic_write_json
 from nfedge.models import BASE_MODELS, create_base_model
 from nfedge.progress import DEFAULT, Progress
 from nfedge.quant import check_bits, fake_quantized_weights
@@ -96,10 +95,8 @@ def train_base(cfg: TrainBaseConfig, out_dir: str | Path, progress: Progress = D
         acc = qat_accuracy(model, test, cfg.bits, cfg.per_channel, device)
         history.append({"epoch": epoch + 1, "train_loss": total / n, "test_accuracy": acc})
         progress.info(f"epoch {epoch + 1}: loss {total / n:.4f}, test accuracy ({cfg.bits}-bit) {acc:.4f}")
-        buf = io.BytesIO()
-        torch.save({"config_hash": cfg.config_hash(), "model": model.state_dict(), "opt": opt.state_dict(),
-                    "sched": sched.state_dict(), "gen": gen.get_state(), "history": history, "epoch": epoch + 1}, buf)
-        atomic_write_bytes(resume, buf.getvalue())
+        atomic_torch_save(resume, {"config_hash": cfg.config_hash(), "model": model.state_dict(), "opt": opt.state_dict(),
+                    "sched": sched.state_dict(), "gen": gen.get_state(), "history": history, "epoch": epoch + 1})
     meta = {"config": cfg.to_dict(), "history": history, "test_accuracy": history[-1]["test_accuracy"],
             "dataset": dataclasses.asdict(info)}
     save_checkpoint(out / "base.pt", model.cpu(), cfg.model, info.channels, info.num_classes, meta)
