@@ -74,10 +74,12 @@ def report_stage(cfg, root: Path, base_dir: Path, image_dir: Path, gen_dirs: dic
     host = json.loads((eval_dir / "evaluate.json").read_text())
     target = json.loads((target_dir / "faultrun.json").read_text()) if target_dir else None
     _, meta = load_checkpoint(base_dir / "base.pt")
+    steps = f"{cfg.eopm.max_steps} steps" if cfg.eopm.max_steps else f"{cfg.eopm.epochs} epoch(s)"
     header = (f"Base model `{cfg.base.model}` on `{cfg.base.data.dataset}` ({cfg.bits}-bit weights, clean test accuracy "
               f"{100 * meta['meta']['test_accuracy']:.2f}% after QAT); generators {', '.join(cfg.generators)} trained with "
               f"EOPM at BER {cfg.eopm.ber} ({cfg.eopm.fault}), N = {cfg.eopm.n_perturbed}, lambda = {cfg.eopm.lam}, "
-              f"{cfg.eopm.epochs} epoch(s). Run config: `run.json`.")
+              f"{steps} of batch {cfg.eopm.batch_size}. On-target rows use their own {cfg.target_samples} test images, so "
+              "they are compared with the host on those same images, not with the sweep above. Run config: `run.json`.")
     return write_report(host, target, root / "report", header=header)
 
 
