@@ -1,8 +1,11 @@
 """Perturbed base models as weights, not module copies: one source of truth for training and evaluation.
 
 A perturbed model is the clean image after `inject_faults`, dequantized: exactly the bytes the target
-reads. `stacked_weights` stacks N such weight sets so one `torch.func.vmap` over
-`functional_call` runs all N perturbed models in a single batched forward (no deep copies).
+reads. The N perturbed models of an EOPM step are N weight dicts substituted into ONE module with
+`functional_call`: no deep copies, and the weights are plain tensors, so backward computes only the
+input gradient the generator needs (a module copy would also compute N sets of weight gradients).
+A `torch.func.vmap` over stacked weights was measured slower on CPU (grouped convolutions;
+docs/BENCHMARKS.md), so the N passes run one after another.
 """
 
 from __future__ import annotations
@@ -31,10 +34,9 @@ def stacked_weights(images: list[WeightImage] | None = None, weights: list[dict[
 
 
 def forward_many(model: nn.Module, stacked: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """Logits [N, B, classes] of N perturbed copies of `model` (eval mode) on the same input batch."""
-    def one(w):
-        return torch.func.functional_call(model, w, (x,))
-    return torch.func.vmap(one)(stacked)
+    """Logits [N, B, classes] of N perturbed versions of `model` (eval mode) on the same input batch."""
+    n = next(iter(stacked.values())).shape[0]
+    return torch.stack([torch.func.functional_call(model, {k: v[i] for k, v in stacked.items()}, (x,)) for i in range(n)])
 
 
 def training_chips(rng: np.random.Generator, n: int) -> list[int]:

@@ -24,7 +24,7 @@ def _base(small_model):
     return small_model, build_image(small_model, 8)
 
 
-def test_vmap_forward_equals_one_model_at_a_time(small_model):
+def test_forward_many_equals_one_model_at_a_time(small_model):
     model, image = _base(small_model)
     ws = [perturbed_weights(image, InjectConfig(ber=0.02, chip=c)) for c in range(4)]
     x = torch.rand(5, 1, 32, 32) * 2 - 1
