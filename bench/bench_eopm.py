@@ -24,7 +24,7 @@ from nfedge.faults import InjectConfig
 from nfedge.memory import build_image
 from nfedge.models import create_base_model, create_generator
 from nfedge.models.generators import neuralfuse_transform
-from nfedge.perturb import perturbed_weights, stacked_weights
+from nfedge.perturb import perturbed_weights
 
 
 def straightforward_loss(gen, model, clean_state, perturbed, x, y, lam):
@@ -69,11 +69,10 @@ def main() -> None:
     t_inject = (time.perf_counter() - t) / a.n
     clean = image.dequantized_weights()
     model.requires_grad_(False)
-    stacked = stacked_weights(weights=perturbed)
 
     def step_nfedge():
         gen.zero_grad(set_to_none=True)
-        loss = eopm_loss(gen, [(model, clean, stacked)], x, y, lam=5.0)
+        loss = eopm_loss(gen, [(model, clean, perturbed)], x, y, lam=5.0)
         loss.backward()
         return float(loss.detach())
 

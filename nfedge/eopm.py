@@ -5,8 +5,8 @@
 M0 is the clean quantized base model, Mp_i are N perturbed copies with fresh fault maps (training
 chips, disjoint from evaluation chips) every step. Only G is trained. Relaxed access: the base model
 is the deployed one; restricted access: one or several surrogates (the loss is averaged over them),
-then the generator is transferred. The N perturbed passes run as one vmap over functional_call with
-stacked weights: no model copies. Multi-process: run under torchrun (gloo on CPU, NCCL on GPU). Every
+then the generator is transferred. The N perturbed passes substitute N weight dicts into the one base
+module (functional_call, nfedge.perturb): no model copies. Multi-process: run under torchrun (gloo on CPU, NCCL on GPU). Every
 rank runs the small generator on the whole global batch (so BatchNorm sees the same statistics as
 one process would; SyncBatchNorm is GPU-only) and the costly clean + N perturbed base passes on its
 slice of it; all ranks draw the same chips and DDP averages the gradients, which equals the
@@ -32,7 +32,7 @@ from nfedge.checkpoint import atomic_torch_save, load_torch_file
 from nfedge.memory import WeightImage
 from nfedge.models import GENERATORS, create_generator
 from nfedge.models.generators import neuralfuse_transform
-from nfedge.perturb import forward_many, perturbed_weights, stacked_weights, training_chips
+from nfedge.perturb import forward_many, perturbed_weights, training_chips
 from nfedge.progress import DEFAULT, Progress
 from nfedge.runtime import batches, pick_device, seed_everything
 
@@ -74,16 +74,16 @@ class EOPMConfig(StageConfig):
 
 def eopm_loss(generator: nn.Module, bases: list[tuple[nn.Module, dict, dict]], x: torch.Tensor, y: torch.Tensor,
               lam: float, rank: int = 0, world: int = 1) -> torch.Tensor:
-    """EOPM loss averaged over base models; each base is (model, clean weights, stacked perturbed weights).
+    """EOPM loss averaged over base models; each base is (model, clean weights, list of N perturbed weights).
 
     With world > 1 the base passes use only this rank's slice rank::world of the transformed batch.
     """
     fx = neuralfuse_transform(generator, x)[rank::world]
     y = y[rank::world]
     total = fx.new_zeros(())
-    for model, clean, stacked in bases:
+    for model, clean, perturbed in bases:
         clean_loss = F.cross_entropy(torch.func.functional_call(model, clean, (fx,)), y)
-        pert = forward_many(model, stacked, fx)  # [N, B, classes]
+        pert = forward_many(model, perturbed, fx)  # [N, B, classes]
         n = pert.shape[0]
         pert_loss = F.cross_entropy(pert.reshape(-1, pert.shape[-1]), y.repeat(n))  # = mean_i CE_i
         total = total + clean_loss + lam * pert_loss
@@ -125,7 +125,7 @@ def train_generator(cfg: EOPMConfig, bases: list[tuple[nn.Module, WeightImage]],
             parts = []
             for (model, image), cw in zip(bases, clean):
                 pw = [perturbed_weights(image, cfg.inject_config(c)) for c in training_chips(chip_rng, cfg.n_perturbed)]
-                parts.append((model, cw, {k: v.to(device) for k, v in stacked_weights(weights=pw).items()}))
+                parts.append((model, cw, [{k: v.to(device) for k, v in w.items()} for w in pw]))
             loss = eopm_loss(model_g, parts, x, y, cfg.lam, rank, world)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -27,16 +27,9 @@ def perturbed_weights(image: WeightImage, cfg: InjectConfig) -> dict[str, torch.
     return faulty.dequantized_weights()
 
 
-def stacked_weights(images: list[WeightImage] | None = None, weights: list[dict[str, torch.Tensor]] | None = None
-                    ) -> dict[str, torch.Tensor]:
-    weights = weights if weights is not None else [img.dequantized_weights() for img in images or []]
-    return {k: torch.stack([w[k] for w in weights]) for k in weights[0]}
-
-
-def forward_many(model: nn.Module, stacked: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+def forward_many(model: nn.Module, weights: list[dict[str, torch.Tensor]], x: torch.Tensor) -> torch.Tensor:
     """Logits [N, B, classes] of N perturbed versions of `model` (eval mode) on the same input batch."""
-    n = next(iter(stacked.values())).shape[0]
-    return torch.stack([torch.func.functional_call(model, {k: v[i] for k, v in stacked.items()}, (x,)) for i in range(n)])
+    return torch.stack([torch.func.functional_call(model, w, (x,)) for w in weights])
 
 
 def training_chips(rng: np.random.Generator, n: int) -> list[int]:

@@ -11,7 +11,7 @@ from nfedge.eopm import EOPMConfig, eopm_loss, load_generator, train_generator
 from nfedge.faults import InjectConfig
 from nfedge.memory import build_image
 from nfedge.models import create_generator
-from nfedge.perturb import TRAIN_CHIP_BASE, forward_many, perturbed_weights, stacked_weights, training_chips
+from nfedge.perturb import TRAIN_CHIP_BASE, forward_many, perturbed_weights, training_chips
 from nfedge.progress import QUIET
 
 
@@ -28,7 +28,7 @@ def test_forward_many_equals_one_model_at_a_time(small_model):
     model, image = _base(small_model)
     ws = [perturbed_weights(image, InjectConfig(ber=0.02, chip=c)) for c in range(4)]
     x = torch.rand(5, 1, 32, 32) * 2 - 1
-    batched = forward_many(model, stacked_weights(weights=ws), x)
+    batched = forward_many(model, ws, x)
     for i, w in enumerate(ws):
         single = torch.func.functional_call(model, w, (x,))
         assert torch.allclose(batched[i], single, atol=1e-5)
@@ -39,7 +39,7 @@ def test_gradients_reach_only_the_generator(small_model):
     model, image = _base(small_model)
     model.requires_grad_(False)
     gen = create_generator("ConvS", in_channels=1)
-    ws = stacked_weights(weights=[perturbed_weights(image, InjectConfig(ber=0.01, chip=c)) for c in range(2)])
+    ws = [perturbed_weights(image, InjectConfig(ber=0.01, chip=c)) for c in range(2)]
     x, y = _toy_data(8).tensors
     eopm_loss(gen, [(model, image.dequantized_weights(), ws)], x, y, lam=5.0).backward()
     assert all(p.grad is None for p in model.parameters())
