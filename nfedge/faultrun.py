@@ -122,27 +122,26 @@ def faultrun(bundle_dir: str | Path, test: tuple[torch.Tensor, torch.Tensor] | N
     x, y = test[0][: cfg.samples], test[1][: cfg.samples]
     jobs = [(i, cond, chip) for i, cond in enumerate(cfg.conditions()) for chip in range(cfg.chips)]
 
-    def faulty_image(cond, chip):
-        return inject_faults(clean, InjectConfig(
-            fault=cfg.fault, ber=None if cond["voltage"] is not None else cond["ber"], voltage=cond["voltage"],
-            chip=chip, stuck_at_one=cfg.stuck_at_one, calibration=cfg.calibration))[0]
+    # Inject each (condition, chip) once: the same bytes go to the emulator and to the host simulation.
+    images = {(i, chip): inject_faults(clean, InjectConfig(
+        fault=cfg.fault, ber=None if cond["voltage"] is not None else cond["ber"], voltage=cond["voltage"],
+        chip=chip, stuck_at_one=cfg.stuck_at_one, calibration=cfg.calibration))[0] for i, cond, chip in jobs}
 
     def on_target(job):  # threads only wait on emulator processes; torch stays in the main thread
-        _, cond, chip = job
+        i, cond, chip = job
         where = f"chip {chip} at " + (f"{cond['voltage']} V/Vmin" if cond["voltage"] is not None else f"BER {cond['ber']}")
         try:
-            return run_on_target(bundle, faulty_image(cond, chip).codes.tobytes(), x.numpy(), timeout_s=cfg.timeout_s,
-                                 verify=False)
+            return run_on_target(bundle, images[(i, chip)].codes.tobytes(), x.numpy(), timeout_s=cfg.timeout_s, verify=False)
         except NfedgeError as e:
             raise NfedgeError(f"{where}: {e}") from None
 
     outs = {}
     bar = progress.manual(f"faultrun on {bundle.target.name}", total=len(jobs), unit="run")
     with ThreadPoolExecutor(max_workers=cfg.jobs) as pool:
-        for job, res in zip(jobs, pool.map(on_target, jobs)):
+        for (i, _, chip), res in zip(jobs, pool.map(on_target, jobs)):
             # functional_call swaps module parameters in place: never run it from two threads at once
-            hb, hn = _host_logits(model, faulty_image(job[1], job[2]).dequantized_weights(), gen, x)
-            outs[(job[0], job[2])] = (res, hb, hn)
+            hb, hn = _host_logits(model, images[(i, chip)].dequantized_weights(), gen, x)
+            outs[(i, chip)] = (res, hb, hn)
             bar.update(1)
     bar.close()
     names = [BASE] + ([gen_name] if gen is not None else [])

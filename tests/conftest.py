@@ -31,3 +31,16 @@ def random_image(n_codes: int, bits: int, seed: int = 0, geometry: SramGeometry 
     q = 2 ** (bits - 1) - 1
     codes = np.random.default_rng(seed).integers(-q, q + 1, n_codes).astype(np.int8)
     return with_codes(img, codes, None)
+
+
+def cnn_xs_with_bn_stats(seed: int = 0) -> torch.nn.Module:
+    """cnn-xs in eval mode with non-trivial BatchNorm statistics, so that BN handling matters."""
+    torch.manual_seed(seed)
+    m = create_base_model("cnn-xs", in_channels=1, num_classes=10)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.2, 0.2)
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.uniform_(0.5, 1.5)
+            mod.bias.data.uniform_(-0.2, 0.2)
+    return m.eval()

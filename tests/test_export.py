@@ -13,17 +13,11 @@ from nfedge.export import (ImageWeightedModel, NeuralFuseFront, export_base_onnx
 from nfedge.memory import build_image, with_codes
 from nfedge.models import create_base_model
 
+from conftest import cnn_xs_with_bn_stats
+
 
 def _model(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    m = create_base_model("cnn-xs", in_channels=1, num_classes=10)
-    for mod in m.modules():  # non-trivial BatchNorm so that BN handling matters
-        if isinstance(mod, nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.2, 0.2)
-            mod.running_var.uniform_(0.5, 2.0)
-            mod.weight.data.uniform_(0.5, 1.5)
-            mod.bias.data.uniform_(-0.2, 0.2)
-    return m.eval()
+    return cnn_xs_with_bn_stats(seed)
 
 
 def _generator() -> nn.Module:

@@ -14,7 +14,9 @@ from nfedge.errors import NfedgeError
 from nfedge.export import ImageWeightedModel, NeuralFuseFront, image_tensor
 from nfedge.harness import _explain_exit, run_on_target
 from nfedge.memory import build_image, with_codes
-from nfedge.models import create_base_model
+from nfedge.models import create_generator
+
+from conftest import cnn_xs_with_bn_stats
 
 HAVE_ARM = shutil.which("arm-none-eabi-gcc") is not None and shutil.which("qemu-system-arm") is not None
 HAVE_A64 = shutil.which("aarch64-linux-gnu-gcc") is not None and shutil.which("qemu-aarch64-static") is not None
@@ -25,27 +27,13 @@ ATOL = 1e-4  # target vs host, relative to max(1, |logits|)
 
 
 def _model() -> nn.Module:
-    torch.manual_seed(0)
-    m = create_base_model("cnn-xs", in_channels=1, num_classes=10)
-    for mod in m.modules():
-        if isinstance(mod, nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.2, 0.2)
-            mod.running_var.uniform_(0.5, 2.0)
-            mod.weight.data.uniform_(0.5, 1.5)
-            mod.bias.data.uniform_(-0.2, 0.2)
-    return m.eval()
+    return cnn_xs_with_bn_stats(0)
 
 
 def _generator() -> nn.Module:
-    """ConvS when the registry has it (the real thing), else a tiny conv generator."""
+    """ConvS (the paper's generator) with non-trivial BatchNorm statistics."""
     torch.manual_seed(2)
-    try:
-        from nfedge.models import create_generator
-
-        g = create_generator("ConvS", in_channels=1)
-    except Exception:  # noqa: BLE001 - registry not there yet
-        g = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                          nn.Conv2d(4, 1, 3, padding=1), nn.Tanh())
+    g = create_generator("ConvS", in_channels=1)
     for mod in g.modules():
         if isinstance(mod, nn.BatchNorm2d):
             mod.running_mean.uniform_(-0.1, 0.1)
