@@ -2,7 +2,8 @@
 
     {"format": "nfedge-checkpoint", "version": 1, "model": "cnn-s", "in_channels": 1, "num_classes": 10,
      "state_dict": {...}, "meta": {...}}
-Saved atomically; loading validates the format and rebuilds the module from the registry.
+Saved atomically; loading validates the format and rebuilds the module from the registry, or, for a
+user's model brought in by `nfedge import-model`, from the checkpoint's "source" (nfedge.byo).
 """
 
 from __future__ import annotations
@@ -52,7 +53,14 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """(model in eval mode, the checkpoint dict without its state dict)."""
     p = Path(path)
     ckpt = load_torch_file(p, "checkpoint", CHECKPOINT_FORMAT)
-    model = create_base_model(ckpt["model"], in_channels=ckpt["in_channels"], num_classes=ckpt["num_classes"])
+    source = ckpt.get("source")
+    if source is not None:  # an imported model: its own class or exported program, not a registry entry
+        from nfedge.byo import rebuild_module
+
+        model = rebuild_module(source, f"checkpoint {p}")
+        ckpt["source"] = {k: v for k, v in source.items() if k != "program"}  # callers get metadata, not bytes
+    else:
+        model = create_base_model(ckpt["model"], in_channels=ckpt["in_channels"], num_classes=ckpt["num_classes"])
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:

@@ -82,7 +82,7 @@ def _data_config(base_meta: dict | None, dataset, data_root, train_limit, test_l
     """The data config: the checkpoint's (if any), with the options given on the command line on top."""
     from nfedge.data import DataConfig
 
-    d = dict((base_meta or {}).get("config", {}).get("data", {})) or DataConfig().to_dict()
+    d = dict((base_meta or {}).get("config", {}).get("data") or {}) or DataConfig().to_dict()
     for k, v in (("dataset", dataset), ("root", data_root), ("train_limit", train_limit), ("test_limit", test_limit)):
         if v is not None:
             d[k] = v
@@ -118,6 +118,37 @@ def train_base_cmd(model, bits, per_channel, epochs, batch_size, lr, seed, devic
                           batch_size=batch_size, lr=lr, seed=seed, device=device)
     path = train_base(cfg, out)
     click.echo(f"wrote {path}", err=True)
+
+
+@cli.command("import-model")
+@click.option("--class", "model_class", help="your classifier: package.module:ClassName or path/to/file.py:ClassName")
+@click.option("--kwargs", "kwargs_json", default="{}", show_default=True, help="constructor arguments as a JSON object")
+@click.option("--state-dict", type=click.Path(dir_okay=False), help="its state dict (.pt, read with weights_only=True)")
+@click.option("--exported-program", type=click.Path(dir_okay=False), help="or a torch.export.save .pt2 file")
+@click.option("--input", "input_shape", default="1x32x32", show_default=True, help="one image as CxHxW")
+@click.option("--classes", default=10, show_default=True, type=int, help="logits per image")
+@click.option("--name", help="model name in the checkpoint (default: class name or file stem)")
+@click.option("--dataset", default=None, help="check against this test set and measure accuracy (as --dataset elsewhere)")
+@click.option("--data-root", help="dataset folder")
+@click.option("--test-limit", type=int, help="measure accuracy on a seeded subset of the test set")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="directory to write (base.pt, config.json)")
+def import_model_cmd(model_class, kwargs_json, state_dict, exported_program, input_shape, classes, name, dataset,
+                     data_root, test_limit, out):
+    """Turn your own trained classifier (class + state dict, or exported program) into a base checkpoint."""
+    from nfedge.byo import ImportModelConfig, import_model
+    from nfedge.energy import parse_input_shape
+
+    try:
+        kwargs = json.loads(kwargs_json)
+    except json.JSONDecodeError as e:
+        raise NfedgeError(f"--kwargs is not valid JSON ({e})") from None
+    data = None
+    if dataset is not None or data_root is not None or test_limit is not None:
+        data = _data_config(None, dataset, data_root, None, test_limit)
+    cfg = ImportModelConfig(model_class=model_class, kwargs=kwargs, state_dict=state_dict,
+                            exported_program=exported_program, input=parse_input_shape(input_shape), classes=classes,
+                            name=name, data=data)
+    click.echo(f"wrote {import_model(cfg, out)}", err=True)
 
 
 def _bases(base_paths, image_dirs):
@@ -250,7 +281,7 @@ def models_cmd(input_shape, classes, as_json):
 
 
 @cli.command("energy")
-@click.option("--base", default="cnn-s", show_default=True, help="base model name")
+@click.option("--base", default="cnn-s", show_default=True, help="base model name or an nfedge checkpoint (.pt)")
 @click.option("--generator", default="ConvS", show_default=True, help="generator name ('none' for the base alone)")
 @click.option("--input", "input_shape", default="1x32x32", show_default=True, help="input as CxHxW")
 @click.option("--classes", default=10, show_default=True, type=int)

@@ -60,6 +60,8 @@ from nfedge.config import StageConfig, require
 from nfedge.errors import NfedgeError
 from nfedge.models import BASE_MODELS, GENERATORS, create_base_model, create_generator
 
+aten = torch.ops.aten
+
 DEFAULT_ARRAY = (32, 32)
 WEIGHTS_PER_ACCESS = 8  # the paper divides SCALE-SIM's filter reads by 8
 DEFAULT_VOLTAGE = 0.833  # V/Vmin: 1.115% BER, r = 0.6944 in the 14 nm table
@@ -152,6 +154,44 @@ def _geometry(name: str, mod: nn.Module, x: torch.Tensor) -> LayerGeometry:
                          sh, sw, ext_h, ext_w, g)
 
 
+class _GraphGeometry(torch.fx.Interpreter):
+    """Runs a torch.export graph (ExportedProgram.module()) and records a LayerGeometry for every
+    aten.conv2d / aten.linear node, as the forward hooks do for Conv2d / Linear modules."""
+
+    def __init__(self, gm: torch.fx.GraphModule, layers: list[LayerGeometry]) -> None:
+        super().__init__(gm)
+        self.layers = layers
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        if n.op == "call_function" and n.target in (aten.conv2d.default, aten.conv2d.padding, aten.linear.default):
+            args, kwargs = self.fetch_args_kwargs_from_env(n)
+            w_node = n.args[1]
+            name = w_node.target.rsplit(".", 1)[0] if isinstance(w_node, torch.fx.Node) and w_node.op == "get_attr" else n.name
+            self.layers.append(_op_geometry(name, n.target, args, kwargs))
+        return super().run_node(n)
+
+
+def _op_geometry(name: str, op: Any, args: tuple, kwargs: dict) -> LayerGeometry:
+    x, w = args[0], args[1]
+    if op is aten.linear.default:
+        n = max(1, x.numel() // x.shape[0] // w.shape[1])
+        return LayerGeometry(name, "linear", 1, n, 1, 1, int(w.shape[1]), int(w.shape[0]), 1, 1, 1, 1)
+    rest = dict(zip(("stride", "padding", "dilation", "groups"), args[3:])) | kwargs
+    kh, kw = int(w.shape[2]), int(w.shape[3])
+    dh, dw = _pair(rest.get("dilation", 1))
+    ext_h, ext_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    g = int(rest.get("groups", 1))
+    sh, sw = _pair(rest.get("stride", 1))
+    pad = rest.get("padding", 0)
+    if isinstance(pad, str):  # "same": total padding = extent - 1 (PyTorch puts the odd one at the end); "valid": 0
+        th, tw = (ext_h - 1, ext_w - 1) if pad == "same" else (0, 0)
+    else:
+        ph, pw = _pair(pad)
+        th, tw = 2 * ph, 2 * pw
+    return LayerGeometry(name, "conv", int(x.shape[-2]) + th, int(x.shape[-1]) + tw, kh, kw, int(w.shape[1]),
+                         int(w.shape[0]) // g, sh, sw, ext_h, ext_w, g)
+
+
 def _as_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
     try:
         shape = tuple(int(v) for v in input_shape)
@@ -178,6 +218,9 @@ def _profile(model: nn.Module, input_shape: Sequence[int], *, macs: bool = True,
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
                 handles.append(m.register_forward_hook(
                     lambda mod, inp, out: layers.append(_geometry(names[mod], mod, inp[0]))))
+    run = model
+    if geometry and not handles and isinstance(model, torch.fx.GraphModule):
+        run = _GraphGeometry(model, layers).run  # an exported graph: no layer modules to hook
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
@@ -188,9 +231,9 @@ def _profile(model: nn.Module, input_shape: Sequence[int], *, macs: bool = True,
         with torch.no_grad():
             if counter is not None:
                 with counter:
-                    model(x)
+                    run(x)
             else:
-                model(x)
+                run(x)
     except RuntimeError as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise NfedgeError(f"model does not run on input {'x'.join(map(str, shape))}: {msg}") from None
@@ -296,7 +339,7 @@ def parse_input_shape(text: str) -> tuple[int, int, int]:
 
 @dataclasses.dataclass(frozen=True)
 class EnergyConfig(StageConfig):
-    base: str = "cnn-s"
+    base: str = "cnn-s"  # a registered base model, or an nfedge checkpoint (.pt) such as one from import-model
     generator: str | None = "ConvS"  # None: undervolting alone (no generator)
     input: str = "1x32x32"  # CxHxW
     classes: int = 10
@@ -307,8 +350,8 @@ class EnergyConfig(StageConfig):
     array_cols: int = 32
 
     def validate(self) -> None:
-        require(isinstance(self.base, str) and self.base in BASE_MODELS,
-                f"unknown base model {self.base!r}; known: {', '.join(BASE_MODELS.names())}")
+        require(isinstance(self.base, str) and (self.base in BASE_MODELS or self.base.endswith(".pt")),
+                f"unknown base model {self.base!r}; known: {', '.join(BASE_MODELS.names())} (or a checkpoint .pt)")
         require(self.generator is None or (isinstance(self.generator, str) and self.generator in GENERATORS),
                 f"unknown generator {self.generator!r}; known: {', '.join(GENERATORS.names())}")
         parse_input_shape(self.input)
@@ -350,9 +393,18 @@ def estimate_energy(cfg: EnergyConfig) -> dict[str, Any]:
     r = cal.energy_at(voltage)
     c, h, w = parse_input_shape(cfg.input)
     array = (cfg.array_rows, cfg.array_cols)
+    from_checkpoint = cfg.base not in BASE_MODELS
     with _shapes_only():
-        base = create_base_model(cfg.base, in_channels=c, num_classes=cfg.classes)
+        base = None if from_checkpoint else create_base_model(cfg.base, in_channels=c, num_classes=cfg.classes)
         gen = create_generator(cfg.generator, in_channels=c, input_size=(h, w)) if cfg.generator else None
+    if from_checkpoint:  # a user's own model: built for real (its class or exported graph), RNG left alone
+        from nfedge.checkpoint import load_checkpoint
+
+        with torch.random.fork_rng(devices=[]):
+            base, ckpt = load_checkpoint(cfg.base)
+        base_name = ckpt["model"]
+    else:
+        base_name = BASE_MODELS.canonical(cfg.base)
     bp, bm, bw = _measure(base, (c, h, w), array)
     if gen is not None:
         gp, gm, gw = _measure(gen, (c, h, w), array)
@@ -360,7 +412,7 @@ def estimate_energy(cfg: EnergyConfig) -> dict[str, Any]:
         gp = gm = gw = 0
     require(bw > 0 and bm > 0, f"base model {cfg.base} has no conv/linear layers to count")
     return {
-        "base": BASE_MODELS.canonical(cfg.base),
+        "base": base_name,
         "generator": GENERATORS.canonical(cfg.generator) if cfg.generator else None,
         "voltage": voltage,
         "ber": ber,

@@ -116,7 +116,11 @@ def faultrun(bundle_dir: str | Path, test: tuple[torch.Tensor, torch.Tensor] | N
     if test is None:
         from nfedge.data import DataConfig, load_dataset
 
-        data = DataConfig.from_dict(meta["meta"]["config"]["data"])
+        d = meta["meta"].get("config", {}).get("data")
+        if d is None:
+            raise NfedgeError(f"bundle {bundle.path}: its base checkpoint records no dataset (import-model without "
+                              "--dataset); import it again with --dataset")
+        data = DataConfig.from_dict(d)
         _, t, _ = load_dataset(dataclasses.replace(data, test_limit=cfg.samples, seed=cfg.sample_seed))
         test = t.tensors
     x, y = test[0][: cfg.samples], test[1][: cfg.samples]
@@ -181,7 +185,8 @@ def faultrun(bundle_dir: str | Path, test: tuple[torch.Tensor, torch.Tensor] | N
         for r in results:
             if r["voltage"] is None:
                 continue
-            e = estimate_energy(EnergyConfig(base=meta["model"], generator=gen_name, input=shape,
+            base_ref = str(bundle.path / "host" / "base.pt") if meta.get("source") else meta["model"]  # imported: by path
+            e = estimate_energy(EnergyConfig(base=base_ref, generator=gen_name, input=shape,
                                              classes=bundle.num_classes, voltage=r["voltage"], calibration=cfg.calibration))
             energy[str(r["voltage"])] = {"ES": e["energy_saving"], "MAC_ES": e["mac_energy_saving"]}
     return {"config": cfg.to_dict(), "target": bundle.target.name, "bits": clean.manifest.bits, "chips": cfg.chips,

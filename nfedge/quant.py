@@ -16,6 +16,7 @@ from nfedge.errors import NfedgeError
 
 MIN_BITS, MAX_BITS = 2, 8
 QUANTIZABLE = (nn.Conv2d, nn.Linear)
+GRAPH_QUANTIZABLE = (torch.ops.aten.conv2d.default, torch.ops.aten.conv2d.padding, torch.ops.aten.linear.default)
 
 
 def check_bits(bits: int) -> int:
@@ -77,8 +78,20 @@ def fake_quantize(w: torch.Tensor, bits: int, per_channel: bool = False) -> torc
 
 
 def quantizable_weight_names(model: nn.Module) -> list[str]:
-    """Names (state-dict keys) of the conv and linear weights, in module order."""
-    return [f"{name}.weight" if name else "weight" for name, m in model.named_modules() if isinstance(m, QUANTIZABLE)]
+    """Names (state-dict keys) of the conv and linear weights, in module order.
+
+    A graph from torch.export (ExportedProgram.module()) has plain Module placeholders instead of
+    Conv2d/Linear: there they are the parameters that aten.conv2d and aten.linear read, in graph order.
+    """
+    names = [f"{name}.weight" if name else "weight" for name, m in model.named_modules() if isinstance(m, QUANTIZABLE)]
+    if not names and isinstance(model, torch.fx.GraphModule):
+        params = dict(model.named_parameters())
+        for node in model.graph.nodes:
+            if node.op == "call_function" and node.target in GRAPH_QUANTIZABLE and len(node.args) > 1:
+                w = node.args[1]
+                if isinstance(w, torch.fx.Node) and w.op == "get_attr" and w.target in params and w.target not in names:
+                    names.append(w.target)
+    return names
 
 
 def fake_quantized_weights(model: nn.Module, bits: int, per_channel: bool = False) -> dict[str, torch.Tensor]:

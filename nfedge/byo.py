@@ -1,0 +1,277 @@
+"""`nfedge import-model`: a user's own trained PyTorch classifier as an ordinary nfedge base checkpoint.
+
+Two sources, one result (<out>/base.pt + <out>/config.json) that every later stage loads unchanged:
+  class + state dict   `package.module:ClassName` (importable: installed or on PYTHONPATH) or
+                       `path/to/file.py:ClassName`, constructor kwargs (JSON values), and a state-dict
+                       file read with torch.load(weights_only=True);
+  exported program     a `torch.export.save` .pt2 file; its `.module()` is the classifier. Export it in
+                       eval mode with a dynamic batch dimension.
+The checkpoint's "source" says how to rebuild the module (nfedge.checkpoint.load_checkpoint calls
+rebuild_module): the class path, kwargs and the sha256 of the class's source file; or the .pt2 bytes
+themselves with their sha256 (embedded, so a bundle's host/base.pt copy stays self-contained).
+
+Only code the user names is imported: the named module (or file, loaded on its own: sys.path is not
+changed). Loading a class-sourced checkpoint imports that class again, so treat such a checkpoint like
+code; an exported program holds no Python code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import io
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nfedge.checkpoint import CHECKPOINT_FORMAT, atomic_torch_save
+from nfedge.config import StageConfig, require
+from nfedge.data import DataConfig, load_dataset
+from nfedge.errors import NfedgeError
+from nfedge.fileio import atomic_dir, atomic_write_json, sha256_bytes, sha256_file
+from nfedge.progress import DEFAULT, Progress
+from nfedge.quant import quantizable_weight_names
+from nfedge.runtime import batches
+
+CLASS_SOURCE, PROGRAM_SOURCE = "class", "exported-program"
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportModelConfig(StageConfig):
+    model_class: str | None = None  # "package.module:ClassName" or "path/to/file.py:ClassName"
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)  # constructor arguments (JSON values)
+    state_dict: str | None = None  # .pt file with the class's state dict
+    exported_program: str | None = None  # .pt2 file from torch.export.save (instead of class + state dict)
+    input: tuple[int, int, int] = (1, 32, 32)  # C, H, W of one image (batch 1 on the target)
+    classes: int = 10  # logits per image
+    name: str | None = None  # the checkpoint's model name (default: the class name or the .pt2 file stem)
+    data: DataConfig | None = None  # test set to check the shape against and measure accuracy on (optional)
+
+    def validate(self) -> None:
+        require((self.model_class is None) != (self.exported_program is None),
+                "give a model class (with a state dict) or an exported program, not both")
+        if self.model_class is not None:
+            require(":" in self.model_class and all(self.model_class.rsplit(":", 1)),
+                    f"model class must be package.module:ClassName or path/to/file.py:ClassName, got {self.model_class!r}")
+            require(self.state_dict is not None, "a model class needs its state dict (--state-dict FILE.pt)")
+        else:
+            require(self.state_dict is None and not self.kwargs,
+                    "an exported program holds its own weights and arguments: no state dict or kwargs")
+        require(isinstance(self.kwargs, dict), "kwargs must be a JSON object")
+        require(len(self.input) == 3 and all(isinstance(v, int) and v >= 1 for v in self.input),
+                f"input must be C, H, W positive integers, got {self.input!r}")
+        require(isinstance(self.classes, int) and self.classes >= 2, f"classes must be an integer >= 2, got {self.classes!r}")
+
+
+# ------------------------------------------------------------------------------------ building modules
+
+
+def import_class(spec: str) -> type[nn.Module]:
+    """The class named by "package.module:Class" or "path/to/file.py:Class" (nothing else is imported)."""
+    where, _, attr = spec.rpartition(":")
+    if where.endswith(".py") or "/" in where or "\\" in where:
+        path = Path(where).expanduser().resolve()
+        if not path.is_file():
+            raise NfedgeError(f"model class file {path} does not exist")
+        # Named after the file's content: a changed file is a new module, never a stale cached one.
+        mod_name = f"nfedge_user_{sha256_file(path)[:12]}"
+        module = sys.modules.get(mod_name)
+        if module is None:
+            file_spec = importlib.util.spec_from_file_location(mod_name, path)
+            module = importlib.util.module_from_spec(file_spec)
+            sys.modules[mod_name] = module  # dataclasses and pickling look classes up there
+            try:
+                file_spec.loader.exec_module(module)
+            except BaseException as e:
+                del sys.modules[mod_name]
+                raise NfedgeError(f"importing {path} failed: {type(e).__name__}: {_first_line(e)}") from None
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ModuleNotFoundError as e:
+            raise NfedgeError(f"cannot import module {where!r} ({_first_line(e)}; is it installed or on PYTHONPATH?)") from None
+        except Exception as e:  # noqa: BLE001 - the user's module may raise anything
+            raise NfedgeError(f"importing {where} failed: {type(e).__name__}: {_first_line(e)}") from None
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise NfedgeError(f"{where} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
+        raise NfedgeError(f"{spec} is not a torch.nn.Module subclass")
+    return obj
+
+
+def class_source_file(cls: type) -> Path | None:
+    f = getattr(sys.modules.get(cls.__module__), "__file__", None)
+    return Path(f) if f else None
+
+
+def construct(cls: type[nn.Module], kwargs: dict[str, Any]) -> nn.Module:
+    try:
+        return cls(**kwargs)
+    except Exception as e:  # noqa: BLE001
+        raise NfedgeError(f"{cls.__name__}(**{kwargs}) failed: {type(e).__name__}: {_first_line(e)}") from None
+
+
+def load_program(data: bytes, what: str) -> nn.Module:
+    """The inference module of a torch.export program. Its train/eval behaviour (BatchNorm, Dropout) was
+    fixed when it was exported, so train()/eval() only set the flags instead of raising as torch's do."""
+    try:
+        gm = torch.export.load(io.BytesIO(data)).module()
+    except Exception as e:  # noqa: BLE001
+        raise NfedgeError(f"{what} is not a loadable torch.export program ({type(e).__name__}: {_first_line(e)})") from None
+
+    def set_mode(self: nn.Module, mode: bool = True) -> nn.Module:
+        for m in self.modules():
+            m.training = mode
+        return self
+
+    gm.train = types.MethodType(set_mode, gm)
+    gm.eval = types.MethodType(lambda self: self.train(False), gm)
+    return gm
+
+
+def rebuild_module(source: dict[str, Any], what: str) -> nn.Module:
+    """The module an imported checkpoint's "source" describes (its weights come from the state dict)."""
+    kind = source.get("kind")
+    if kind == PROGRAM_SOURCE:
+        data = source["program"]
+        if sha256_bytes(data) != source["sha256"]:
+            raise NfedgeError(f"{what}: embedded exported program is corrupt (sha256 differs)")
+        return load_program(data, what)
+    if kind == CLASS_SOURCE:
+        cls = import_class(source["class"])
+        f = class_source_file(cls)
+        if source.get("file_sha256") and f is not None and sha256_file(f) != source["file_sha256"]:
+            raise NfedgeError(f"{what}: {f} changed since the model was imported (sha256 differs); import it again")
+        return construct(cls, source["kwargs"])
+    raise NfedgeError(f"{what}: unknown model source {kind!r}")
+
+
+# ------------------------------------------------------------------------------------------- checks
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    p = Path(path)
+    if not p.is_file():
+        raise NfedgeError(f"state dict {p} does not exist")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise NfedgeError(f"state dict {p} cannot be read with weights_only=True ({type(e).__name__}); "
+                          "save model.state_dict(), not the model object") from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):  # {"state_dict": ..., "epoch": ...}
+        obj = obj["state_dict"]
+    if not (isinstance(obj, dict) and obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())):
+        raise NfedgeError(f"state dict {p} is not a mapping of names to tensors")
+    return obj
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    missing = sorted(set(model.state_dict()) - set(state))
+    unexpected = sorted(set(state) - set(model.state_dict()))
+    if missing or unexpected:
+        parts = [f"missing {_few(missing)}" if missing else "", f"unexpected {_few(unexpected)}" if unexpected else ""]
+        raise NfedgeError(f"{what} does not fit {type(model).__name__}: keys " + "; ".join(p for p in parts if p))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        msg = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), _first_line(e))
+        raise NfedgeError(f"{what} does not fit {type(model).__name__}: {msg}") from None
+
+
+def check_classifier(model: nn.Module, input_shape: tuple[int, int, int], classes: int) -> None:
+    """One-line errors unless the model maps [N, C, H, W] to [N, classes] finite logits, image by image
+    (no batch statistics: eval mode), in float32, with conv/linear weights to quantize."""
+    shape = "x".join(map(str, input_shape))
+    bad = [n for n, p in model.named_parameters() if p.dtype != torch.float32]
+    if bad:
+        raise NfedgeError(f"the model's parameters must be float32 ({bad[0]} is not): convert with .float() first")
+    if not quantizable_weight_names(model):
+        raise NfedgeError("the model has no Conv2d or Linear weights to quantize")
+    x = torch.randn((2, *input_shape), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        try:
+            one = model(x[:1])
+        except Exception as e:  # noqa: BLE001
+            raise NfedgeError(f"the model does not run on a {shape} image: {type(e).__name__}: {_first_line(e)}") from None
+        if not isinstance(one, torch.Tensor) or tuple(one.shape) != (1, classes):
+            got = tuple(one.shape) if isinstance(one, torch.Tensor) else type(one).__name__
+            raise NfedgeError(f"the model's output is {got} for one {shape} image, expected (1, {classes}) logits")
+        try:
+            two = model(x)
+        except Exception as e:  # noqa: BLE001
+            raise NfedgeError(f"the model does not run on a batch of 2 ({type(e).__name__}: {_first_line(e)}); "
+                              "export it with a dynamic batch dimension") from None
+    if not torch.isfinite(one).all():
+        raise NfedgeError("the model's logits are not finite on a random input")
+    if not torch.allclose(two[:1], one, rtol=1e-4, atol=1e-5):
+        raise NfedgeError("an image's logits depend on the rest of the batch: save or export the model in eval mode")
+
+
+@torch.no_grad()
+def float_accuracy(model: nn.Module, test) -> float:
+    correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in batches(test, 256))
+    return correct / len(test)
+
+
+# --------------------------------------------------------------------------------------------- stage
+
+
+def import_model(cfg: ImportModelConfig, out_dir: str | Path, progress: Progress = DEFAULT) -> Path:
+    """Build, check and write the user's classifier as <out>/base.pt (atomically: nothing on error)."""
+    if cfg.model_class is not None:
+        cls = import_class(cfg.model_class)
+        model = construct(cls, cfg.kwargs)
+        load_weights(model, read_state_dict(cfg.state_dict), f"state dict {cfg.state_dict}")
+        f = class_source_file(cls)
+        where, _, attr = cfg.model_class.rpartition(":")
+        is_file = where.endswith(".py") or "/" in where or "\\" in where
+        source = {"kind": CLASS_SOURCE, "class": f"{Path(where).expanduser().resolve()}:{attr}" if is_file else cfg.model_class,
+                  "kwargs": dict(cfg.kwargs), "file_sha256": sha256_file(f) if f is not None else None}
+        name = cfg.name or cls.__name__
+    else:
+        p = Path(cfg.exported_program)
+        if not p.is_file():
+            raise NfedgeError(f"exported program {p} does not exist")
+        data = p.read_bytes()
+        model = load_program(data, f"exported program {p}")
+        source = {"kind": PROGRAM_SOURCE, "file": p.name, "sha256": sha256_bytes(data), "program": data}
+        name = cfg.name or p.stem
+    model.eval()
+    c, h, w = cfg.input
+    meta: dict[str, Any] = {"config": cfg.to_dict(), "imported": True,
+                            "dataset": {"channels": c, "image_size": [h, w], "num_classes": cfg.classes}}
+    test = None
+    if cfg.data is not None:  # the declared shape must be the dataset's before the model is run on it
+        _, test, info = load_dataset(cfg.data)
+        got = (info.channels, *info.image_size, info.num_classes)
+        if got != (c, h, w, cfg.classes):
+            raise NfedgeError(f"dataset {info.name} has {info.channels}x{info.image_size[0]}x{info.image_size[1]} images "
+                              f"and {info.num_classes} classes; the model was declared {c}x{h}x{w} with {cfg.classes}")
+        meta["dataset"] = dataclasses.asdict(info)
+    check_classifier(model, cfg.input, cfg.classes)
+    if test is not None:
+        meta["test_accuracy"] = float_accuracy(model, test)
+        progress.info(f"{name}: float test accuracy {100 * meta['test_accuracy']:.2f}% on {len(test)} {info.name} images")
+    ckpt = {"format": CHECKPOINT_FORMAT, "version": 1, "model": name, "in_channels": c, "num_classes": cfg.classes,
+            "source": source, "state_dict": model.state_dict(), "meta": meta}
+    with atomic_dir(out_dir) as tmp:
+        atomic_torch_save(tmp / "base.pt", ckpt)
+        atomic_write_json(tmp / "config.json", cfg.to_dict())
+    return Path(out_dir) / "base.pt"
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0] if s else type(e).__name__
+
+
+def _few(names: list[str], n: int = 4) -> str:
+    return ", ".join(names[:n]) + (f" (+{len(names) - n} more)" if len(names) > n else "")

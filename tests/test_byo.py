@@ -1,0 +1,267 @@
+"""Bring your own: a user's classifier (class + state dict, or exported program), SRAM table and target."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from nfedge.byo import ImportModelConfig, import_model
+from nfedge.checkpoint import load_checkpoint
+from nfedge.energy import EnergyConfig, estimate_energy
+from nfedge.errors import NfedgeError
+from nfedge.progress import QUIET
+from nfedge.quant import quantizable_weight_names
+
+USER_NET = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+
+    class TinyNet(nn.Module):
+        """A user's classifier: Conv-BN-ReLU, max-pool, Conv-BN-ReLU, global average pool, Linear."""
+
+        def __init__(self, in_channels=1, num_classes=10, width=8):
+            super().__init__()
+            self.body = nn.Sequential(
+                nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                nn.MaxPool2d(2),
+                nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+                nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.head = nn.Linear(2 * width, num_classes)
+
+        def forward(self, x):
+            return self.head(self.body(x))
+''')
+
+
+def nfedge(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "nfedge", *map(str, args)], capture_output=True, text=True, env=env)
+
+
+def assert_one_line_error(r, match):
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("nfedge: error:") and match in lines[0], r.stderr
+
+
+@pytest.fixture
+def user(tmp_path):
+    """The user's files: tinynet.py, its trained weights (non-trivial BN statistics) and the module itself."""
+    src = tmp_path / "user" / "tinynet.py"
+    src.parent.mkdir()
+    src.write_text(USER_NET)
+    ns: dict = {}
+    exec(compile(USER_NET, str(src), "exec"), ns)
+    torch.manual_seed(0)
+    model = ns["TinyNet"](width=6)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    model.eval()
+    torch.save(model.state_dict(), src.parent / "tinynet.pt")
+    return src, src.parent / "tinynet.pt", model
+
+
+def _export(model, path, dynamic=True, batch=2):
+    x = torch.zeros(batch, 1, 32, 32)
+    dyn = {"x": {0: torch.export.Dim("batch")}} if dynamic else None
+    torch.export.save(torch.export.export(model, (x,), dynamic_shapes=dyn), path)
+    return path
+
+
+def _x():
+    return torch.randn(5, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+# ------------------------------------------------------------------------------------ the two sources
+
+
+def test_class_and_state_dict_give_the_users_logits(tmp_path, user):
+    src, sd, model = user
+    path = import_model(ImportModelConfig(model_class=f"{src}:TinyNet", kwargs={"width": 6}, state_dict=str(sd)),
+                        tmp_path / "imp", QUIET)
+    loaded, ckpt = load_checkpoint(path)
+    assert type(loaded).__name__ == "TinyNet" and not loaded.training
+    assert torch.equal(loaded(_x()), model(_x()))
+    assert ckpt["model"] == "TinyNet" and ckpt["source"]["class"] == f"{src.resolve()}:TinyNet"
+    assert ckpt["meta"]["dataset"] == {"channels": 1, "image_size": [32, 32], "num_classes": 10}
+    assert json.loads((tmp_path / "imp" / "config.json").read_text())["kwargs"] == {"width": 6}
+
+
+def test_importable_package_class(tmp_path, user, monkeypatch):
+    _, sd, model = user
+    pkg = tmp_path / "userpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "nets.py").write_text(USER_NET)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = import_model(ImportModelConfig(model_class="userpkg.nets:TinyNet", kwargs={"width": 6}, state_dict=str(sd),
+                                          name="my-net"), tmp_path / "imp", QUIET)
+    loaded, ckpt = load_checkpoint(path)
+    assert ckpt["model"] == "my-net" and torch.equal(loaded(_x()), model(_x()))
+
+
+def test_exported_program_gives_the_users_logits(tmp_path, user):
+    src, sd, model = user
+    pt2 = _export(model, tmp_path / "tiny.pt2")
+    path = import_model(ImportModelConfig(exported_program=str(pt2)), tmp_path / "imp", QUIET)
+    pt2.unlink()  # the checkpoint embeds the program: it needs no file beside it
+    loaded, ckpt = load_checkpoint(path)
+    assert torch.allclose(loaded(_x()), model(_x()), atol=1e-6)
+    assert ckpt["model"] == "tiny" and "program" not in ckpt["source"] and len(ckpt["source"]["sha256"]) == 64
+    # the graph's conv/linear weights are found like the module's, so the memory image is the same
+    assert quantizable_weight_names(loaded) == quantizable_weight_names(model) == \
+        ["body.0.weight", "body.4.weight", "head.weight"]
+    loaded.train()  # torch's exported modules refuse train()/eval(); nfedge's stay in inference behaviour
+    assert torch.allclose(loaded(_x()), model(_x()), atol=1e-6)
+
+
+def test_energy_of_exported_graph_equals_the_modules(tmp_path, user):
+    """Layer geometry read from the exported graph's aten ops gives the same MACs and weight accesses."""
+    src, sd, model = user
+    a = import_model(ImportModelConfig(model_class=f"{src}:TinyNet", kwargs={"width": 6}, state_dict=str(sd)),
+                     tmp_path / "a", QUIET)
+    b = import_model(ImportModelConfig(exported_program=str(_export(model, tmp_path / "t.pt2"))), tmp_path / "b", QUIET)
+    ea, eb = (estimate_energy(EnergyConfig(base=str(p), generator="ConvT", input="1x32x32")) for p in (a, b))
+    for k in ("base_params", "base_macs", "base_weight_accesses", "energy_saving"):
+        assert ea[k] == eb[k] and ea[k] != 0, k
+    assert ea["base"] == "TinyNet" and eb["base"] == "t"
+
+
+# ------------------------------------------------------------------------------- errors leave nothing
+
+
+@pytest.mark.parametrize("kind, match", [
+    ("no-module", "cannot import module 'no_such_pkg_xyz.nets'"),
+    ("no-class", "has no attribute 'Nope'"),
+    ("not-a-module", "is not a torch.nn.Module subclass"),
+    ("bad-kwargs", "TinyNet(**{'depth': 3}) failed: TypeError"),
+    ("wrong-keys", "does not fit TinyNet: keys missing head.bias"),
+    ("wrong-shape", "size mismatch for body.0.weight"),
+    ("wrong-classes", "output is (1, 10) for one 1x32x32 image, expected (1, 7) logits"),
+    ("wrong-input", "does not run on a 3x32x32 image"),
+    ("static-batch", "does not run on a batch of 2"),
+    ("train-mode", "depend on the rest of the batch"),
+    ("not-a-state-dict", "cannot be read with weights_only=True"),
+])
+def test_bad_imports_are_one_line_errors_and_write_nothing(tmp_path, user, kind, match):
+    src, sd, model = user
+    cls = f"{src}:TinyNet"
+    kw = {"width": 6}
+    cfg = {"model_class": cls, "kwargs": kw, "state_dict": str(sd)}
+    if kind == "no-module":
+        cfg["model_class"] = "no_such_pkg_xyz.nets:TinyNet"
+    elif kind == "no-class":
+        cfg["model_class"] = f"{src}:Nope"
+    elif kind == "not-a-module":
+        cfg["model_class"] = f"{src}:torch"
+    elif kind == "bad-kwargs":
+        cfg["kwargs"] = {"depth": 3}
+    elif kind == "wrong-keys":
+        state = torch.load(sd, weights_only=True)
+        del state["head.bias"]
+        torch.save(state, tmp_path / "bad.pt")
+        cfg["state_dict"] = str(tmp_path / "bad.pt")
+    elif kind == "wrong-shape":
+        cfg["kwargs"] = {"width": 4}
+    elif kind == "wrong-classes":
+        cfg["classes"] = 7
+    elif kind == "wrong-input":
+        cfg["input"] = (3, 32, 32)
+    elif kind == "static-batch":
+        cfg = {"exported_program": str(_export(model, tmp_path / "s.pt2", dynamic=False, batch=1))}
+    elif kind == "train-mode":
+        cfg = {"exported_program": str(_export(model.train(), tmp_path / "t.pt2"))}
+    elif kind == "not-a-state-dict":
+        torch.save(torch.nn.Linear(2, 2), tmp_path / "whole.pt")  # a module object, not a state dict
+        cfg["state_dict"] = str(tmp_path / "whole.pt")
+    out = tmp_path / "out"
+    with pytest.raises(NfedgeError, match=None) as e:
+        import_model(ImportModelConfig(**cfg), out, QUIET)
+    assert match in str(e.value) and "\n" not in str(e.value)
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+@pytest.mark.parametrize("cfg, match", [
+    ({}, "give a model class"),
+    ({"model_class": "a:B", "exported_program": "m.pt2"}, "not both"),
+    ({"model_class": "nocolon"}, "package.module:ClassName"),
+    ({"model_class": "a:B"}, "needs its state dict"),
+    ({"exported_program": "m.pt2", "kwargs": {"w": 1}}, "no state dict or kwargs"),
+    ({"model_class": "a:B", "state_dict": "s.pt", "classes": 1}, "classes must be"),
+])
+def test_config_validation(cfg, match):
+    with pytest.raises(NfedgeError, match=match):
+        ImportModelConfig(**cfg)
+
+
+def test_changed_class_file_is_detected_on_load(tmp_path, user):
+    src, sd, _ = user
+    path = import_model(ImportModelConfig(model_class=f"{src}:TinyNet", kwargs={"width": 6}, state_dict=str(sd)),
+                        tmp_path / "imp", QUIET)
+    src.write_text(USER_NET.replace("return self.head(self.body(x))", "return 2 * self.head(self.body(x))"))
+    with pytest.raises(NfedgeError, match="tinynet.py changed since the model was imported"):
+        load_checkpoint(path)
+
+
+def test_dataset_mismatch_and_accuracy(tmp_path, user):
+    src, sd, _ = user
+    from nfedge.data import DataConfig
+
+    base = {"model_class": f"{src}:TinyNet", "kwargs": {"width": 6}, "state_dict": str(sd)}
+    p = import_model(ImportModelConfig(**base, data=DataConfig(test_limit=40)), tmp_path / "ok", QUIET)
+    meta = load_checkpoint(p)[1]["meta"]
+    assert 0.0 <= meta["test_accuracy"] <= 1.0 and meta["dataset"]["num_test"] == 40
+    with pytest.raises(NfedgeError, match="has 1x32x32 images and 10 classes; the model was declared 1x32x32 with 7"):
+        import_model(ImportModelConfig(**base, classes=7, data=DataConfig(test_limit=40)), tmp_path / "bad", QUIET)
+
+
+# ----------------------------------------------------------------------------- the CLI, end to end
+
+
+def test_cli_error_is_one_line(tmp_path, user):
+    src, sd, _ = user
+    out = tmp_path / "out"
+    r = nfedge("import-model", "--class", f"{src}:TinyNet", "--state-dict", sd, "--out", out)  # width 8 != 6
+    assert_one_line_error(r, "size mismatch")
+    assert not out.exists()
+    assert_one_line_error(nfedge("import-model", "--class", f"{src}:TinyNet", "--kwargs", "{width: 6}", "--state-dict",
+                                 sd, "--out", out), "--kwargs is not valid JSON")
+
+
+@pytest.mark.slow
+def test_imported_model_through_quantize_evaluate_build(tmp_path, user):
+    """The downstream commands take the imported checkpoint unchanged (host target: no cross toolchain)."""
+    src, sd, model = user
+    d = tmp_path
+    r = nfedge("import-model", "--class", f"{src}:TinyNet", "--kwargs", '{"width": 6}', "--state-dict", sd,
+               "--input", "1x32x32", "--classes", 10, "--dataset", "fashion-mnist", "--test-limit", 50, "--out", d / "imp")
+    assert r.returncode == 0, r.stderr
+    assert nfedge("quantize", "--checkpoint", d / "imp" / "base.pt", "--bits", 8, "--out", d / "img").returncode == 0
+    r = nfedge("evaluate", "--base", d / "imp" / "base.pt", "--image", d / "img", "--voltage", 0.833, "--chips", 2,
+               "--test-limit", 50, "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["samples"] == 50 and len(res["conditions"][0]["PA"]["per_chip"]) == 2
+    r = nfedge("build", "--target", "host", "--bits", 8, "--base", d / "imp" / "base.pt", "--image", d / "img",
+               "--out", d / "bundle")
+    assert r.returncode == 0, r.stderr[-2000:]
+    from nfedge.compile import load_bundle
+    from nfedge.harness import run_on_target
+    from nfedge.memory import read_image
+
+    bundle = load_bundle(d / "bundle")
+    x = _x()[:2]
+    res = run_on_target(bundle, read_image(d / "img").codes.tobytes(), x.numpy())
+    host = load_checkpoint(d / "imp" / "base.pt")[0]
+    from nfedge.export import ImageWeightedModel, image_tensor
+
+    expect = ImageWeightedModel(host, read_image(d / "img").manifest)(x, image_tensor(read_image(d / "img")))
+    assert torch.allclose(torch.from_numpy(res.logits_base), expect, atol=1e-4)
