@@ -59,6 +59,7 @@ class EOPMConfig(StageConfig):
     max_steps: int | None = None  # stop early (tests, benchmarks)
     seed: int = 0  # generator init, shuffling and training chips
     device: str = "auto"
+    init: str = "identity"  # identity: G(x) = 0 at step 0, so F(x) = x and CA(NF) starts at CA; or "default"
 
     def validate(self) -> None:
         require(self.generator in GENERATORS, f"unknown generator {self.generator!r}; known: {', '.join(GENERATORS.names())}")
@@ -66,6 +67,7 @@ class EOPMConfig(StageConfig):
         require(self.fault in FAULT_MODELS and self.fault != "map", f"EOPM takes fault flip or stuck-at, got {self.fault!r}")
         require(self.n_perturbed >= 1 and self.epochs >= 1 and self.batch_size >= 1, "n_perturbed, epochs, batch_size must be >= 1")
         require(self.lam >= 0 and self.lr > 0, "lam must be >= 0 and lr > 0")
+        require(self.init in ("identity", "default"), f"init must be identity or default, got {self.init!r}")
 
     def inject_config(self, chip: int) -> InjectConfig:
         return InjectConfig(fault=self.fault, ber=self.ber, voltage=self.voltage, chip=chip,
@@ -90,6 +92,25 @@ def eopm_loss(generator: nn.Module, bases: list[tuple[nn.Module, dict, dict]], x
     return total / len(bases)
 
 
+def init_identity(generator: nn.Module) -> nn.Module:
+    """Make G(x) = 0 at the start, so training starts from F(x) = x (the base model's own accuracy).
+
+    Zeroes the generator's last parameterised layer: the BatchNorm before the final tanh (Conv*, DeConv*:
+    BN output = shift = 0, tanh(0) = 0) or the final 1x1 conv (UNet*: weight and bias). That layer still
+    gets a gradient (for BN, dL/dgamma = sum(dL/dy * x_hat); for the conv, dL/dW = dL/dy * input), so
+    training moves on from there. With PyTorch's default init G(x) starts as noise of order 0.5 that
+    costs clean accuracy the training must first undo. UIP already starts at tanh(0) = 0.
+    """
+    layers = [m for m in generator.modules()
+              if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.conv._ConvNd))]
+    if layers:
+        with torch.no_grad():
+            layers[-1].weight.zero_()
+            if layers[-1].bias is not None:
+                layers[-1].bias.zero_()
+    return generator
+
+
 def _world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
 
@@ -104,7 +125,10 @@ def train_generator(cfg: EOPMConfig, bases: list[tuple[nn.Module, WeightImage]],
     device = pick_device(cfg.device)
     data_gen = seed_everything(cfg.seed)
     chip_rng = np.random.default_rng([cfg.seed, 1])  # same on every rank: all ranks see the same chips
-    gen = create_generator(cfg.generator, in_channels=in_channels, input_size=input_size).to(device)
+    gen = create_generator(cfg.generator, in_channels=in_channels, input_size=input_size)
+    if cfg.init == "identity":
+        init_identity(gen)
+    gen = gen.to(device)
     model_g: nn.Module = nn.parallel.DistributedDataParallel(gen) if world > 1 else gen
     for model, _ in bases:
         model.to(device).eval().requires_grad_(False)

@@ -54,16 +54,19 @@ class EvaluateConfig(StageConfig):
 
 
 @torch.no_grad()
+def transform_inputs(generator: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """F(x) for every input, in chunks of `batch_size` (G runs at nominal voltage: the same on every chip)."""
+    return torch.cat([neuralfuse_transform(generator, x[i: i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+@torch.no_grad()
 def predict(model: nn.Module, weights: dict[str, torch.Tensor], x: torch.Tensor, generator: nn.Module | None = None,
             batch_size: int = 1000) -> torch.Tensor:
     """Predicted classes of `model` with `weights` substituted, behind `generator` when given."""
-    out = []
-    for i in range(0, len(x), batch_size):
-        xb = x[i: i + batch_size]
-        if generator is not None:
-            xb = neuralfuse_transform(generator, xb)
-        out.append(torch.func.functional_call(model, weights, (xb,)).argmax(1))
-    return torch.cat(out)
+    if generator is not None:
+        x = transform_inputs(generator, x, batch_size)
+    return torch.cat([torch.func.functional_call(model, weights, (x[i: i + batch_size],)).argmax(1)
+                      for i in range(0, len(x), batch_size)])
 
 
 def summarize(values: list[float]) -> dict[str, Any]:
@@ -83,21 +86,23 @@ def evaluate(model: nn.Module, image: WeightImage, test: tuple[torch.Tensor, tor
     for g in generators.values():
         g.eval()
     x, y = test
+    # The generator's output does not depend on the chip, so F(x) is computed once per generator.
+    inputs = {None: x, **{n: transform_inputs(g, x, cfg.batch_size) for n, g in generators.items()}}
 
-    def acc(weights, gen):
-        return 100.0 * float((predict(model, weights, x, gen, cfg.batch_size) == y).float().mean())
+    def acc(weights, name):
+        return 100.0 * float((predict(model, weights, inputs[name], batch_size=cfg.batch_size) == y).float().mean())
 
     clean_w = image.dequantized_weights()
     result: dict[str, Any] = {"config": cfg.to_dict(), "samples": len(x), "image_sha256": image.manifest.image_sha256,
-                              "clean": {"CA": acc(clean_w, None), "CA_NF": {n: acc(clean_w, g) for n, g in generators.items()}}}
+                              "clean": {"CA": acc(clean_w, None), "CA_NF": {n: acc(clean_w, n) for n in generators}}}
     conds = []
     for cond in cfg.conditions():
         pa, pa_nf = [], {n: [] for n in generators}
         for chip in progress.bar(range(cfg.chips), desc=f"evaluate BER {cond['ber']:.3g}", total=cfg.chips, unit="chip"):
             w = perturbed_weights(image, cfg.inject_config(cond, chip))
             pa.append(acc(w, None))
-            for n, g in generators.items():
-                pa_nf[n].append(acc(w, g))
+            for n in generators:
+                pa_nf[n].append(acc(w, n))
         conds.append({**cond, "PA": summarize(pa), "generators": {
             n: {"PA_NF": summarize(v), "RP": summarize([b - a for a, b in zip(pa, v)])} for n, v in pa_nf.items()}})
     result["conditions"] = conds

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from nfedge.eopm import EOPMConfig, eopm_loss, load_generator, train_generator
+from nfedge.eopm import EOPMConfig, eopm_loss, init_identity, load_generator, train_generator
 from nfedge.faults import InjectConfig
 from nfedge.memory import build_image
-from nfedge.models import create_generator
+from nfedge.models import create_generator, list_generators
 from nfedge.perturb import TRAIN_CHIP_BASE, forward_many, perturbed_weights, training_chips
 from nfedge.progress import QUIET
 
@@ -65,6 +65,22 @@ def test_eopm_is_reproducible_from_its_seed(small_model):
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k]), k
     assert any(not torch.equal(v, c.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+@pytest.mark.parametrize("name", list_generators())
+def test_identity_init_makes_the_transform_the_identity(name):
+    x = torch.rand(4, 1, 32, 32) * 2 - 1
+    gen = create_generator(name, in_channels=1)
+    for g in (init_identity(gen).train(), gen.eval()):
+        assert torch.equal(g(x), torch.zeros_like(x)), name
+
+
+@pytest.mark.parametrize("name", ["ConvT", "UNetT"])
+def test_identity_init_still_learns(small_model, name):
+    gen, _ = _train(small_model, generator=name, init="identity", max_steps=3)
+    with torch.no_grad():
+        out = gen.eval()(torch.rand(4, 1, 32, 32) * 2 - 1)
+    assert float(out.abs().max()) > 0  # the zeroed last layer moved, so G is no longer 0
 
 
 def test_uip_baseline_trains(small_model):
