@@ -70,6 +70,11 @@ def inject(image_dir: str, ber: float | None, voltage: float | None, chip: int, 
                    f"(BER {audit.ber:.4g}), {audit.flipped_bits} bits changed -> {out}")
 
 
+def _calibration_option(fn):
+    return click.option("--calibration", default="sram-14nm", show_default=True,
+                        help="SRAM table giving --voltage its BER: built-in name or TOML file")(fn)
+
+
 def _data_options(fn):
     fn = click.option("--test-limit", type=int, help="evaluate on a seeded subset of the test set")(fn)
     fn = click.option("--train-limit", type=int, help="train on a seeded subset of the training set")(fn)
@@ -175,6 +180,7 @@ def _bases(base_paths, image_dirs):
 @click.option("--ber", type=float, help="training BER (default 0.01 unless --voltage)")
 @click.option("--voltage", type=float, help="training voltage in V/Vmin")
 @click.option("--fault", default="flip", show_default=True, help="flip | stuck-at")
+@_calibration_option
 @click.option("--lam", default=5.0, show_default=True, type=float, help="weight of the perturbed loss")
 @click.option("--n-perturbed", default=10, show_default=True, type=int, help="perturbed models per step")
 @click.option("--epochs", default=5, show_default=True, type=int)
@@ -185,8 +191,8 @@ def _bases(base_paths, image_dirs):
 @click.option("--device", default="auto", show_default=True)
 @_data_options
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="run directory (generator.pt, config.json)")
-def train_cmd(base_paths, image_dirs, generator, ber, voltage, fault, lam, n_perturbed, epochs, batch_size, lr,
-              max_steps, seed, device, dataset, data_root, train_limit, test_limit, out):
+def train_cmd(base_paths, image_dirs, generator, ber, voltage, fault, calibration, lam, n_perturbed, epochs, batch_size,
+              lr, max_steps, seed, device, dataset, data_root, train_limit, test_limit, out):
     """Train a NeuralFuse generator with EOPM (relaxed: on the deployed base; restricted: on surrogates).
 
     Runs under torchrun too (gloo on CPU, NCCL on GPUs): torchrun --nproc-per-node 2 -m nfedge train ...
@@ -201,7 +207,8 @@ def train_cmd(base_paths, image_dirs, generator, ber, voltage, fault, lam, n_per
 
     bases = _bases(base_paths, image_dirs)
     cfg = EOPMConfig(generator=generator, ber=ber if ber is not None or voltage is not None else 0.01, voltage=voltage,
-                     fault=fault, lam=lam, n_perturbed=n_perturbed, epochs=epochs, batch_size=batch_size, lr=lr,
+                     fault=fault, calibration=calibration, lam=lam, n_perturbed=n_perturbed, epochs=epochs,
+                     batch_size=batch_size, lr=lr,
                      max_steps=max_steps, seed=seed, device=device)
     data = _data_config(bases[0][2]["meta"], dataset, data_root, train_limit, test_limit)
     distributed = "RANK" in __import__("os").environ
@@ -244,18 +251,19 @@ def _format_eval(r: dict) -> str:
 @click.option("--ber", "bers", multiple=True, type=float, help="BER fraction (repeat)")
 @click.option("--chips", default=10, show_default=True, type=int, help="evaluation chips 0..K-1")
 @click.option("--fault", default="flip", show_default=True)
+@_calibration_option
 @_data_options
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--out", type=click.Path(dir_okay=False), help="also write the result JSON here")
-def evaluate_cmd(base_path, image_dir, generator_paths, voltages, bers, chips, fault, dataset, data_root, train_limit,
-                 test_limit, as_json, out):
+def evaluate_cmd(base_path, image_dir, generator_paths, voltages, bers, chips, fault, calibration, dataset, data_root,
+                 train_limit, test_limit, as_json, out):
     """Host-simulated CA, PA, CA(NF), PA(NF), RP over evaluation chips (mean, std, worst chip)."""
     from nfedge.data import load_dataset
     from nfedge.eopm import load_generator
     from nfedge.evaluate import EvaluateConfig, evaluate
 
     ((model, image, meta),) = _bases([base_path], [image_dir])
-    cfg = EvaluateConfig(voltages=tuple(voltages), bers=tuple(bers), chips=chips, fault=fault)
+    cfg = EvaluateConfig(voltages=tuple(voltages), bers=tuple(bers), chips=chips, fault=fault, calibration=calibration)
     _, test, _ = load_dataset(_data_config(meta["meta"], dataset, data_root, train_limit, test_limit))
     gens = {}
     for path in generator_paths:
@@ -327,18 +335,20 @@ def build_cmd(target, bits, base_path, image_dir, generator_path, out):
 @click.option("--chips", default=3, show_default=True, type=int)
 @click.option("--samples", default=32, show_default=True, type=int, help="test images per chip")
 @click.option("--fault", default="flip", show_default=True)
+@_calibration_option
 @click.option("--min-agreement", default=0.99, show_default=True, type=float,
               help="exit non-zero below this fraction of identical host/target predictions")
 @click.option("--jobs", default=2, show_default=True, type=int, help="emulator processes in parallel")
 @click.option("--timeout", "timeout_s", default=900.0, show_default=True, type=float, help="seconds per emulator run")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--out", type=click.Path(dir_okay=False), help="also write the result JSON here")
-def faultrun_cmd(bundle_dir, voltages, bers, chips, samples, fault, min_agreement, jobs, timeout_s, as_json, out):
+def faultrun_cmd(bundle_dir, voltages, bers, chips, samples, fault, calibration, min_agreement, jobs, timeout_s, as_json,
+                 out):
     """Run the bundle on its (emulated) target against undervolted SRAM images and compare with the host."""
     from nfedge.faultrun import FaultrunConfig, faultrun
 
     cfg = FaultrunConfig(voltages=tuple(voltages), bers=tuple(bers), chips=chips, samples=samples, fault=fault,
-                         min_agreement=min_agreement, jobs=jobs, timeout_s=timeout_s)
+                         calibration=calibration, min_agreement=min_agreement, jobs=jobs, timeout_s=timeout_s)
     r = faultrun(bundle_dir, None, cfg)
     lines = [f"target {r['target']}, {r['bits']}-bit, {r['chips']} chips x {r['samples']} samples",
              "| V/Vmin | BER | model | target acc | host acc | identical | max logit diff |", "|---|---|---|---|---|---|---|"]

@@ -265,3 +265,138 @@ def test_imported_model_through_quantize_evaluate_build(tmp_path, user):
 
     expect = ImageWeightedModel(host, read_image(d / "img").manifest)(x, image_tensor(read_image(d / "img")))
     assert torch.allclose(torch.from_numpy(res.logits_base), expect, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------- own SRAM table
+
+
+def user_table(tmp_path: Path, ber_0833: float = 0.03) -> Path:
+    """The built-in 14 nm table with another BER at 0.833 V/Vmin (still falling with voltage)."""
+    p = tmp_path / "my-sram.toml"
+    p.write_text(textwrap.dedent(f'''
+        format = "nfedge-sram-calibration"
+        version = 1
+        name = "my-sram"
+        source = "test: a made-up chip"
+        voltage           = [0.750,  0.792,   0.833,       0.875,   0.917,     0.958,      1.000]
+        ber               = [0.2056, 0.05573, {ber_0833}, 0.00129, 0.0000687, 0.00000191, 0.0]
+        energy_per_access = [0.5625, 0.6267,  0.6944,      0.7656,  0.8403,    0.9184,     1.0]
+    '''))
+    return p
+
+
+def test_user_table_changes_the_ber_every_stage_uses(tmp_path, small_model):
+    from nfedge.eopm import EOPMConfig
+    from nfedge.evaluate import EvaluateConfig
+    from nfedge.faultrun import FaultrunConfig
+    from nfedge.faults import InjectConfig, inject_faults
+    from nfedge.memory import build_image
+
+    table = str(user_table(tmp_path))
+    image = build_image(small_model, 8)
+    _, builtin = inject_faults(image, InjectConfig(voltage=0.833, chip=0))
+    _, mine = inject_faults(image, InjectConfig(voltage=0.833, chip=0, calibration=table))
+    assert builtin.ber == 0.01115 and mine.ber == 0.03
+    assert mine.faulty_cells > 2 * builtin.faulty_cells  # 49k stored bits: ~550 vs ~1480 faulty cells
+    assert EOPMConfig(ber=None, voltage=0.833, calibration=table).inject_config(0).resolved_ber() == 0.03
+    assert EvaluateConfig(voltages=(0.833,), calibration=table).conditions()[0]["ber"] == 0.03
+    assert FaultrunConfig(voltages=(0.833,), calibration=table).conditions()[0]["ber"] == 0.03
+    assert estimate_energy(EnergyConfig(base="cnn-xs", voltage=None, ber=0.03, calibration=table))["voltage"] == pytest.approx(0.833)
+
+
+def test_user_table_from_the_cli(tmp_path, checkpoint):
+    table = user_table(tmp_path)
+    assert nfedge("quantize", "--checkpoint", checkpoint, "--out", tmp_path / "img").returncode == 0
+    r = nfedge("inject", "--image", tmp_path / "img", "--voltage", 0.833, "--chip", 0, "--calibration", table,
+               "--out", tmp_path / "chip0", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["ber"] == 0.03
+    r = nfedge("evaluate", "--base", checkpoint, "--image", tmp_path / "img", "--voltage", 0.833, "--chips", 1,
+               "--test-limit", 20, "--calibration", table, "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["conditions"][0]["ber"] == 0.03 and res["config"]["calibration"] == str(table)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(table.read_text().replace('source = "test: a made-up chip"\n', ""))
+    r = nfedge("inject", "--image", tmp_path / "img", "--voltage", 0.833, "--chip", 0, "--calibration", bad,
+               "--out", tmp_path / "chip0b")
+    assert_one_line_error(r, f"calibration {bad}: missing or bad field (KeyError: 'source')")
+    assert not (tmp_path / "chip0b").exists()
+
+
+# ------------------------------------------------------------------------------ own target descriptor
+
+
+def user_target(tmp_path: Path, ram: int, image: int = 0x10000, name: str = "my-board") -> Path:
+    """The Cortex-M55 descriptor under another name, with `ram` bytes of RAM and `image` bytes of image region."""
+    from nfedge.targets import load_target
+
+    text = Path(load_target("cortex-m55").source).read_text()
+    for old, new in (('name = "cortex-m55"', f'name = "{name}"'),
+                     ('length = 0x200000 }\n# the weight', f'length = {ram:#x} }}\n# the weight'),
+                     ('origin = 0x31200000, length = 0x200000', f'origin = 0x31200000, length = {image:#x}')):
+        assert old in text
+        text = text.replace(old, new)
+    p = tmp_path / f"{name}-{ram:x}.toml"
+    p.write_text(text)
+    return p
+
+
+def test_user_target_loads_with_its_limits(tmp_path):
+    from nfedge.targets import load_target
+
+    t = load_target(str(user_target(tmp_path, ram=0x40000, image=0x4000)))
+    assert t.name == "my-board" and t.ram.length == 0x40000 and t.image.length == 0x4000
+    assert t.source.endswith("my-board-40000.toml") and t.emulator.machine == "mps3-an547"
+
+
+@pytest.mark.parametrize("old, new, match", [
+    ("clock_hz = 32_000_000", 'clock_hz = "fast"', "timing.clock_hz must be a int, got str"),
+    ('ram = { name = "ISRAM0", origin = 0x31000000, length = 0x200000 }', "", "memory.ram table is missing"),
+    ('timer = "systick"', 'timer = "sundial"', "timing.timer 'sundial' is not one of"),
+])
+def test_malformed_user_target_is_one_line_naming_file_and_field(tmp_path, checkpoint, old, new, match):
+    from nfedge.targets import load_target
+
+    p = tmp_path / "mine.toml"
+    p.write_text(Path(load_target("cortex-m55").source).read_text().replace(old, new))
+    with pytest.raises(NfedgeError, match=f"target descriptor {p}: {match}"):
+        load_target(str(p))
+
+
+def test_image_larger_than_the_user_targets_region(tmp_path, checkpoint):
+    assert nfedge("quantize", "--checkpoint", checkpoint, "--out", tmp_path / "img").returncode == 0
+    r = nfedge("build", "--target", user_target(tmp_path, ram=0x80000, image=0x800), "--base", checkpoint,
+               "--image", tmp_path / "img", "--out", tmp_path / "b")
+    assert_one_line_error(r, "does not fit target my-board: the weight image is 6152 bytes but its image region "
+                             "ISRAM1 holds 2048 bytes")
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.emulator
+def test_own_model_table_and_target_on_the_emulator(tmp_path, user):
+    """All three brought together: the user's class on the user's board, faults from the user's table."""
+    import shutil
+
+    if not (shutil.which("arm-none-eabi-gcc") and shutil.which("qemu-system-arm")):
+        pytest.skip("needs arm-none-eabi-gcc and qemu-system-arm")
+    src, sd, _ = user
+    d = tmp_path
+    r = nfedge("import-model", "--class", f"{src}:TinyNet", "--kwargs", '{"width": 6}', "--state-dict", sd,
+               "--dataset", "fashion-mnist", "--test-limit", 20, "--out", d / "imp")
+    assert r.returncode == 0, r.stderr
+    assert nfedge("quantize", "--checkpoint", d / "imp" / "base.pt", "--out", d / "img").returncode == 0
+    base = ("--base", d / "imp" / "base.pt", "--image", d / "img")
+    r = nfedge("build", "--target", user_target(d, ram=0x20000), *base, "--out", d / "small")
+    err = r.stderr.strip().splitlines()[-1]  # 128 KiB of RAM is too little; the error follows progress lines
+    assert r.returncode == 1 and err.startswith("nfedge: error:") and "region RAM overflows" in err, r.stderr
+    assert not (d / "small").exists()
+    r = nfedge("build", "--target", user_target(d, ram=0x80000), *base, "--out", d / "bundle")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = nfedge("faultrun", "--bundle", d / "bundle", "--voltage", 0.833, "--chips", 1, "--samples", 3,
+               "--calibration", user_table(d), "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout)
+    assert res["target"] == "my-board" and res["ber"] == [0.03] and res["agreement"]["passed"]
+    assert res["agreement"]["min_identical_fraction"] == 1.0 and res["instructions_per_inference"]["base"] > 10_000
