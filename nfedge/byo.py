@@ -268,6 +268,29 @@ def import_model(cfg: ImportModelConfig, out_dir: str | Path, progress: Progress
     return Path(out_dir) / "base.pt"
 
 
+def adopt_checkpoint(src: str | Path, data: DataConfig, bits: int, dst: str | Path, progress: Progress = DEFAULT) -> float:
+    """Copy a base checkpoint (imported or trained elsewhere) to `dst` for `nfedge run`, with `data` recorded as
+    its dataset and its test accuracy at `bits`-bit weights (as train-base records it); returns that accuracy."""
+    from nfedge.checkpoint import load_checkpoint, load_torch_file
+    from nfedge.train_base import qat_accuracy
+
+    model, _ = load_checkpoint(src)  # rebuilds and checks the module
+    ckpt = load_torch_file(src, "checkpoint", CHECKPOINT_FORMAT)
+    _, test, info = load_dataset(data)
+    size = tuple(ckpt["meta"].get("dataset", {}).get("image_size", info.image_size))
+    if (ckpt["in_channels"], *size, ckpt["num_classes"]) != (info.channels, *info.image_size, info.num_classes):
+        raise NfedgeError(f"checkpoint {src} takes {ckpt['in_channels']}x{size[0]}x{size[1]} images with "
+                          f"{ckpt['num_classes']} classes; the run's dataset {info.name} has "
+                          f"{info.channels}x{info.image_size[0]}x{info.image_size[1]} and {info.num_classes}")
+    acc = qat_accuracy(model, test, bits, False, torch.device("cpu"))
+    progress.info(f"base {ckpt['model']} from {src}: test accuracy ({bits}-bit) {100 * acc:.2f}%")
+    meta = dict(ckpt["meta"])
+    meta.update(config={**meta.get("config", {}), "data": data.to_dict()}, dataset=dataclasses.asdict(info),
+                test_accuracy=acc, adopted_from=str(src))
+    atomic_torch_save(dst, {**ckpt, "meta": meta})
+    return acc
+
+
 def _first_line(e: BaseException) -> str:
     s = str(e).strip()
     return s.splitlines()[0] if s else type(e).__name__

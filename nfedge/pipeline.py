@@ -17,10 +17,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from nfedge.calibration import DEFAULT_CALIBRATION, load_calibration
 from nfedge.config import StageConfig, require
 from nfedge.eopm import EOPMConfig
 from nfedge.errors import NfedgeError
-from nfedge.fileio import atomic_write_json
+from nfedge.fileio import atomic_write_json, sha256_file
 from nfedge.models import GENERATORS
 from nfedge.progress import DEFAULT, Progress
 from nfedge.quant import check_bits
@@ -44,6 +45,8 @@ class RunConfig(StageConfig):
     target_voltages: tuple[float, ...] = TABLE_VOLTAGES  # on-target fault runs, nominal down to ~5% BER
     target_chips: int = 2  # emulation is ~0.1 s per image: few chips and samples on the target
     target_samples: int = 32  # test images per chip on the target
+    base_checkpoint: str | None = None  # your own base checkpoint (e.g. from import-model) instead of training `base`
+    calibration: str = DEFAULT_CALIBRATION  # SRAM table for every stage: built-in name or TOML file (voltage -> BER)
 
     def validate(self) -> None:
         check_bits(self.bits)
@@ -51,10 +54,26 @@ class RunConfig(StageConfig):
         for g in self.generators:
             require(g in GENERATORS, f"unknown generator {g!r}; known: {', '.join(GENERATORS.names())}")
         require(self.chips >= 1 and self.target_chips >= 1 and self.target_samples >= 1, "chips and samples must be >= 1")
+        cal = load_calibration(self.calibration)  # fail now, not after training, on a bad table or voltage
+        for v in self.voltages + self.target_voltages:
+            cal.ber_at(v)
 
 
 def _digest(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+# A user's own SRAM table or target file enters the keys of the stages it feeds by content, so editing the
+# file re-runs them. The built-in defaults add nothing, which keeps earlier runs' keys.
+def _table_key(cfg: RunConfig) -> tuple[Any, ...]:
+    return () if cfg.calibration == DEFAULT_CALIBRATION else (dataclasses.asdict(load_calibration(cfg.calibration)),)
+
+
+def _target_key(cfg: RunConfig) -> tuple[Any, ...]:
+    from nfedge.targets import load_target
+
+    is_file = cfg.target.endswith(".toml") or "/" in cfg.target
+    return (load_target(cfg.target).to_dict() | {"source": None},) if is_file else ()
 
 
 @dataclasses.dataclass
@@ -93,25 +112,33 @@ def run_pipeline(cfg: RunConfig, out_dir: str | Path, progress: Progress = DEFAU
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(root / "run.json", cfg.to_dict())
     log: list[Stage] = []
-    base_key = _digest(cfg.base.to_dict())
-    base_dir = run_stage(root, "base", base_key, lambda d: stages.train_base_stage(cfg, d, progress), progress, log)
+    table = _table_key(cfg)
+    if cfg.base_checkpoint is None:
+        base_key = _digest(cfg.base.to_dict())
+        base_dir = run_stage(root, "base", base_key, lambda d: stages.train_base_stage(cfg, d, progress), progress, log)
+    else:
+        if not Path(cfg.base_checkpoint).is_file():
+            raise NfedgeError(f"base checkpoint {cfg.base_checkpoint} does not exist")
+        base_key = _digest("checkpoint", sha256_file(cfg.base_checkpoint), cfg.base.data.to_dict(), cfg.bits)
+        base_dir = run_stage(root, "base", base_key, lambda d: stages.adopt_base_stage(cfg, d, progress), progress, log)
     image_key = _digest(base_key, cfg.bits)
     image_dir = run_stage(root, "image", image_key, lambda d: stages.quantize_stage(base_dir, cfg, d), progress, log)
     gen_dirs = {}
     for g in cfg.generators:
-        key = _digest(image_key, dataclasses.replace(cfg.eopm, generator=g).to_dict())
+        key = _digest(image_key, dataclasses.replace(cfg.eopm, generator=g, calibration=cfg.calibration).to_dict(), *table)
         gen_dirs[g] = run_stage(root, f"gen-{g}", key,
                                 lambda d, g=g: stages.train_generator_stage(cfg, g, base_dir, image_dir, d, progress),
                                 progress, log)
-    eval_key = _digest(image_key, {g: d.name for g, d in gen_dirs.items()}, cfg.voltages, cfg.chips, cfg.fault, cfg.eval_limit)
+    eval_key = _digest(image_key, {g: d.name for g, d in gen_dirs.items()}, cfg.voltages, cfg.chips, cfg.fault, cfg.eval_limit,
+                       *table)
     eval_dir = run_stage(root, "evaluate", eval_key,
                          lambda d: stages.evaluate_stage(cfg, base_dir, image_dir, gen_dirs, d, progress), progress, log)
     target_dir = None
     if cfg.target != "none":
-        build_key = _digest(image_key, {g: d.name for g, d in gen_dirs.items()}, cfg.target)
+        build_key = _digest(image_key, {g: d.name for g, d in gen_dirs.items()}, cfg.target, *_target_key(cfg))
         build_dir = run_stage(root, "build", build_key,
                               lambda d: stages.build_stage(cfg, base_dir, image_dir, gen_dirs, d, progress), progress, log)
-        fr_key = _digest(build_key, cfg.target_voltages, cfg.target_chips, cfg.target_samples, cfg.fault)
+        fr_key = _digest(build_key, cfg.target_voltages, cfg.target_chips, cfg.target_samples, cfg.fault, *table)
         target_dir = run_stage(root, "faultrun", fr_key, lambda d: stages.faultrun_stage(cfg, build_dir, d, progress),
                                progress, log)
     report_dir = stages.report_stage(cfg, root, base_dir, image_dir, gen_dirs, eval_dir, target_dir)

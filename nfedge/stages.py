@@ -26,6 +26,14 @@ def train_base_stage(cfg, d: Path, progress: Progress) -> dict[str, Any]:
     return {"test_accuracy": meta["meta"]["test_accuracy"]}
 
 
+def adopt_base_stage(cfg, d: Path, progress: Progress) -> dict[str, Any]:
+    """The user's own base checkpoint instead of train-base (see nfedge.byo.adopt_checkpoint)."""
+    from nfedge.byo import adopt_checkpoint
+
+    acc = adopt_checkpoint(cfg.base_checkpoint, cfg.base.data, cfg.bits, d / "base.pt", progress)
+    return {"test_accuracy": acc, "adopted_from": str(cfg.base_checkpoint)}
+
+
 def quantize_stage(base_dir: Path, cfg, d: Path) -> dict[str, Any]:
     model, _ = load_checkpoint(base_dir / "base.pt")
     image = quantize_to_image(model, QuantizeConfig(bits=cfg.bits), source_sha256=sha256_file(base_dir / "base.pt"))
@@ -37,7 +45,7 @@ def train_generator_stage(cfg, name: str, base_dir: Path, image_dir: Path, d: Pa
     model, meta = load_checkpoint(base_dir / "base.pt")
     image = read_image(image_dir / "image")
     train, _, info = load_dataset(cfg.base.data)
-    ecfg = dataclasses.replace(cfg.eopm, generator=name)
+    ecfg = dataclasses.replace(cfg.eopm, generator=name, calibration=cfg.calibration)
     gen, log = train_generator(ecfg, [(model, image)], train, info.channels, info.image_size, progress)
     meta = {"config": ecfg.to_dict(), **log, "image_sha256": image.manifest.image_sha256}
     save_generator(d / "generator.pt", gen, name, info.channels, info.image_size, meta)
@@ -56,12 +64,13 @@ def evaluate_stage(cfg, base_dir: Path, image_dir: Path, gen_dirs: dict[str, Pat
     model, _ = load_checkpoint(base_dir / "base.pt")
     image = read_image(image_dir / "image")
     gens = {g: load_generator(p / "generator.pt")[0] for g, p in gen_dirs.items()}
-    ecfg = EvaluateConfig(voltages=cfg.voltages, chips=cfg.chips, fault=cfg.fault)
+    ecfg = EvaluateConfig(voltages=cfg.voltages, chips=cfg.chips, fault=cfg.fault, calibration=cfg.calibration)
     result = evaluate(model, image, test_tensors(cfg, cfg.eval_limit), ecfg, generators=gens, progress=progress)
     _, _, info = load_dataset(dataclasses.replace(cfg.base.data, train_limit=1, test_limit=1))
     shape = f"{info.channels}x{info.image_size[0]}x{info.image_size[1]}"
-    result["energy"] = {g: estimate_energy(EnergyConfig(base=cfg.base.model, generator=g, input=shape,
-                                                        classes=info.num_classes, voltage=0.833)) for g in gen_dirs}
+    base = str(base_dir / "base.pt") if cfg.base_checkpoint else cfg.base.model  # a user's model: by checkpoint
+    result["energy"] = {g: estimate_energy(EnergyConfig(base=base, generator=g, input=shape, classes=info.num_classes,
+                                                        voltage=0.833, calibration=cfg.calibration)) for g in gen_dirs}
     atomic_write_json(d / "evaluate.json", result)
     return {}
 
@@ -75,8 +84,9 @@ def report_stage(cfg, root: Path, base_dir: Path, image_dir: Path, gen_dirs: dic
     target = json.loads((target_dir / "faultrun.json").read_text()) if target_dir else None
     _, meta = load_checkpoint(base_dir / "base.pt")
     steps = f"{cfg.eopm.max_steps} steps" if cfg.eopm.max_steps else f"{cfg.eopm.epochs} epoch(s)"
-    header = (f"Base model `{cfg.base.model}` on `{cfg.base.data.dataset}` ({cfg.bits}-bit weights, clean test accuracy "
-              f"{100 * meta['meta']['test_accuracy']:.2f}% after QAT); generators {', '.join(cfg.generators)} trained with "
+    origin = f"of the user's checkpoint `{cfg.base_checkpoint}`" if cfg.base_checkpoint else "after QAT"
+    header = (f"Base model `{meta['model']}` on `{cfg.base.data.dataset}` ({cfg.bits}-bit weights, clean test accuracy "
+              f"{100 * meta['meta']['test_accuracy']:.2f}% {origin}); generators {', '.join(cfg.generators)} trained with "
               f"EOPM at BER {cfg.eopm.ber} ({cfg.eopm.fault}), N = {cfg.eopm.n_perturbed}, lambda = {cfg.eopm.lam}, "
               f"{steps} of batch {cfg.eopm.batch_size}. On-target rows use their own {cfg.target_samples} test images, so "
               "they are compared with the host on those same images, not with the sweep above. Run config: `run.json`.")
@@ -97,7 +107,8 @@ def build_stage(cfg, base_dir: Path, image_dir: Path, gen_dirs: dict[str, Path],
 def faultrun_stage(cfg, build_dir: Path, d: Path, progress: Progress) -> dict:
     from nfedge.faultrun import FaultrunConfig, faultrun
 
-    fcfg = FaultrunConfig(voltages=cfg.target_voltages, chips=cfg.target_chips, samples=cfg.target_samples, fault=cfg.fault)
+    fcfg = FaultrunConfig(voltages=cfg.target_voltages, chips=cfg.target_chips, samples=cfg.target_samples, fault=cfg.fault,
+                          calibration=cfg.calibration)
     r = faultrun(build_dir / "bundle", None, fcfg, progress)
     atomic_write_json(d / "faultrun.json", r)
     if not r["agreement"]["passed"]:

@@ -400,3 +400,38 @@ def test_own_model_table_and_target_on_the_emulator(tmp_path, user):
     res = json.loads(r.stdout)
     assert res["target"] == "my-board" and res["ber"] == [0.03] and res["agreement"]["passed"]
     assert res["agreement"]["min_identical_fraction"] == 1.0 and res["instructions_per_inference"]["base"] > 10_000
+
+
+# ------------------------------------------------------------------------------------- nfedge run
+
+
+def test_run_with_own_checkpoint_and_table(tmp_path, user):
+    """`nfedge run` takes the imported model and the user's table from its config; edits to the table re-run
+    only the stages it feeds."""
+    from nfedge.data import DataConfig
+    from nfedge.pipeline import RunConfig, load_run_config, run_pipeline
+
+    src, sd, _ = user
+    ckpt = import_model(ImportModelConfig(model_class=f"{src}:TinyNet", kwargs={"width": 6}, state_dict=str(sd)),
+                        tmp_path / "imp", QUIET)
+    table = user_table(tmp_path)
+    conf = {"base_checkpoint": str(ckpt), "calibration": str(table), "base": {"data": {"train_limit": 64, "test_limit": 40}},
+            "generators": ["UIP"], "eopm": {"max_steps": 2, "n_perturbed": 2, "batch_size": 8}, "chips": 2,
+            "voltages": [1.0, 0.833], "eval_limit": 40, "target": "none"}
+    (tmp_path / "run.json").write_text(json.dumps(conf))
+    cfg = load_run_config(tmp_path / "run.json")
+    r = run_pipeline(cfg, tmp_path / "out", progress=QUIET)
+    ran = {s["name"]: s for s in r["stages"]}
+    assert not any(s["reused"] for s in r["stages"]) and set(ran) == {"base", "image", "gen-UIP", "evaluate"}
+    ev = json.loads((Path(ran["evaluate"]["path"]) / "evaluate.json").read_text())
+    assert [c["ber"] for c in ev["conditions"]] == [0.0, 0.03] and ev["config"]["calibration"] == str(table)
+    assert ev["energy"]["UIP"]["base"] == "TinyNet"
+    assert "Base model `TinyNet`" in Path(r["report"]).read_text()
+    adopted = load_checkpoint(Path(ran["base"]["path"]) / "base.pt")[1]["meta"]
+    assert adopted["config"]["data"] == DataConfig(train_limit=64, test_limit=40).to_dict()
+
+    table.write_text(table.read_text().replace("0.03,", "0.04,"))
+    again = {s["name"]: s["reused"] for s in run_pipeline(cfg, tmp_path / "out", progress=QUIET)["stages"]}
+    assert again == {"base": True, "image": True, "gen-UIP": False, "evaluate": False}
+    with pytest.raises(NfedgeError, match="voltage 0.7 is outside calibration 'my-sram'"):
+        RunConfig(calibration=str(table), voltages=(0.7,))
