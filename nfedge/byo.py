@@ -71,11 +71,16 @@ class ImportModelConfig(StageConfig):
 # ------------------------------------------------------------------------------------ building modules
 
 
+def class_file(where: str) -> Path | None:
+    """The absolute path of a "path/to/file.py" class location; None for a "package.module" one."""
+    return Path(where).expanduser().resolve() if where.endswith(".py") or "/" in where or "\\" in where else None
+
+
 def import_class(spec: str) -> type[nn.Module]:
     """The class named by "package.module:Class" or "path/to/file.py:Class" (nothing else is imported)."""
     where, _, attr = spec.rpartition(":")
-    if where.endswith(".py") or "/" in where or "\\" in where:
-        path = Path(where).expanduser().resolve()
+    path = class_file(where)
+    if path is not None:
         if not path.is_file():
             raise NfedgeError(f"model class file {path} does not exist")
         # Named after the file's content: a changed file is a new module, never a stale cached one.
@@ -232,8 +237,8 @@ def import_model(cfg: ImportModelConfig, out_dir: str | Path, progress: Progress
         load_weights(model, read_state_dict(cfg.state_dict), f"state dict {cfg.state_dict}")
         f = class_source_file(cls)
         where, _, attr = cfg.model_class.rpartition(":")
-        is_file = where.endswith(".py") or "/" in where or "\\" in where
-        source = {"kind": CLASS_SOURCE, "class": f"{Path(where).expanduser().resolve()}:{attr}" if is_file else cfg.model_class,
+        path = class_file(where)  # recorded absolute: the checkpoint is loaded from other directories too
+        source = {"kind": CLASS_SOURCE, "class": f"{path}:{attr}" if path else cfg.model_class,
                   "kwargs": dict(cfg.kwargs), "file_sha256": sha256_file(f) if f is not None else None}
         name = cfg.name or cls.__name__
     else:
@@ -246,7 +251,7 @@ def import_model(cfg: ImportModelConfig, out_dir: str | Path, progress: Progress
         name = cfg.name or p.stem
     model.eval()
     c, h, w = cfg.input
-    meta: dict[str, Any] = {"config": cfg.to_dict(), "imported": True,
+    meta: dict[str, Any] = {"config": cfg.to_dict(),
                             "dataset": {"channels": c, "image_size": [h, w], "num_classes": cfg.classes}}
     test = None
     if cfg.data is not None:  # the declared shape must be the dataset's before the model is run on it
