@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Reproduces docs/RESULTS.md: Fashion-MNIST, the default cnn-s base at 8 bits, three generators trained with
 # EOPM, then host-simulated evaluation on the full 10,000-image test set over 10 evaluation chips, flip and
-# stuck-at faults, at the ~1% and ~5% BER table voltages and at 0.854 V/Vmin (an interpolated point where the
-# unprotected model loses more than 15 points). Every step is skipped when its output exists, so an
+# stuck-at faults, at the ~1% and ~5% BER table voltages, and flip faults also at 0.854 V/Vmin (an interpolated
+# point, BER 0.38%, where the unprotected model loses more than 15 points). Every step is skipped when its output exists, so an
 # interrupted run resumes. Usage: bash scripts/results_fmnist.sh [OUT_DIR] (default runs/results).
-# Wall time on the 2-core development machine: about 1.5 h (generators trained two at a time).
+# Wall time on the 2-core development machine: about 1 h (generators trained two at a time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/results}
 NF=${NF:-.venv/bin/nfedge}
-EPOCHS=${EPOCHS:-4}            # EOPM epochs for ConvT and UNetT (937 steps of batch 64 each)
+EPOCHS=${EPOCHS:-2}            # EOPM epochs for ConvT and UNetT (937 steps of batch 64 each)
 UIP_EPOCHS=${UIP_EPOCHS:-1}    # UIP is the baseline: one trainable tensor, it plateaus early
 TRAIN_V=${TRAIN_V:-0.854}      # training voltage in V/Vmin (BER 0.38% from calibration/sram-14nm.toml)
 mkdir -p "$OUT"
@@ -27,12 +27,15 @@ train ConvT "$EPOCHS" & p2=$!
 wait $p1 && wait $p2
 train UIP "$UIP_EPOCHS"
 
-for fault in flip stuck-at; do
+evaluate() {  # $1 fault model, then the voltages (V/Vmin)
+  local fault=$1; shift
   [ -f "$OUT/evaluate-$fault.json" ] || $NF evaluate --base "$OUT/base/base.pt" --image "$OUT/img8" \
     --generator "$OUT/gen-ConvT/generator.pt" --generator "$OUT/gen-UNetT/generator.pt" \
-    --generator "$OUT/gen-UIP/generator.pt" --voltage 0.854 --voltage 0.833 --voltage 0.792 --chips 10 \
+    --generator "$OUT/gen-UIP/generator.pt" $(printf -- "--voltage %s " "$@") --chips 10 \
     --fault "$fault" --out "$OUT/evaluate-$fault.json"
-done
+}
+evaluate flip 0.854 0.833 0.792  # 0.854: where the bar is judged besides 1% (the unprotected model loses > 15 points)
+evaluate stuck-at 0.833 0.792
 for g in ConvT UNetT UIP; do
   for v in 0.854 0.833 0.792; do
     [ -f "$OUT/energy-$g-$v.json" ] || $NF energy --base cnn-s --generator "$g" --input 1x32x32 --voltage "$v" --json \
