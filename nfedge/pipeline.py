@@ -55,7 +55,7 @@ class RunConfig(StageConfig):
             require(g in GENERATORS, f"unknown generator {g!r}; known: {', '.join(GENERATORS.names())}")
         require(self.chips >= 1 and self.target_chips >= 1 and self.target_samples >= 1, "chips and samples must be >= 1")
         cal = load_calibration(self.calibration)  # fail now, not after training, on a bad table or voltage
-        for v in self.voltages + self.target_voltages:
+        for v in self.voltages + (self.target_voltages if self.target != "none" else ()):
             cal.ber_at(v)
 
 

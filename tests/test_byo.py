@@ -422,10 +422,12 @@ def test_run_with_own_checkpoint_and_table(tmp_path, user):
     src, sd, _ = user
     ckpt = import_model(ImportModelConfig(model_class=f"{src}:TinyNet", kwargs={"width": 6}, state_dict=str(sd)),
                         tmp_path / "imp", QUIET)
-    table = user_table(tmp_path)
+    table = tmp_path / "narrow.toml"  # from 0.85 V/Vmin up: the default 0.833 is outside it
+    table.write_text('format = "nfedge-sram-calibration"\nversion = 1\nname = "narrow"\nsource = "test"\n'
+                     "voltage = [0.85, 0.9, 1.0]\nber = [0.03, 0.001, 0.0]\nenergy_per_access = [0.72, 0.81, 1.0]\n")
     conf = {"base_checkpoint": str(ckpt), "calibration": str(table), "base": {"data": {"train_limit": 64, "test_limit": 40}},
             "generators": ["UIP"], "eopm": {"max_steps": 2, "n_perturbed": 2, "batch_size": 8}, "chips": 2,
-            "voltages": [1.0, 0.833], "eval_limit": 40, "target": "none"}
+            "voltages": [1.0, 0.85], "eval_limit": 40, "target": "none"}
     (tmp_path / "run.json").write_text(json.dumps(conf))
     cfg = load_run_config(tmp_path / "run.json")
     r = run_pipeline(cfg, tmp_path / "out", progress=QUIET)
@@ -441,5 +443,5 @@ def test_run_with_own_checkpoint_and_table(tmp_path, user):
     table.write_text(table.read_text().replace("0.03,", "0.04,"))
     again = {s["name"]: s["reused"] for s in run_pipeline(cfg, tmp_path / "out", progress=QUIET)["stages"]}
     assert again == {"base": True, "image": True, "gen-UIP": False, "evaluate": False}
-    with pytest.raises(NfedgeError, match="voltage 0.7 is outside calibration 'my-sram'"):
-        RunConfig(calibration=str(table), voltages=(0.7,))
+    with pytest.raises(NfedgeError, match="voltage 0.833 is outside calibration 'narrow'"):
+        RunConfig(calibration=str(table), voltages=(1.0, 0.833))
