@@ -192,7 +192,7 @@ def test_bad_imports_are_one_line_errors_and_write_nothing(tmp_path, user, kind,
         torch.save(torch.nn.Linear(2, 2), tmp_path / "whole.pt")  # a module object, not a state dict
         cfg["state_dict"] = str(tmp_path / "whole.pt")
     out = tmp_path / "out"
-    with pytest.raises(NfedgeError, match=None) as e:
+    with pytest.raises(NfedgeError) as e:
         import_model(ImportModelConfig(**cfg), out, QUIET)
     assert match in str(e.value) and "\n" not in str(e.value)
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
