@@ -12,7 +12,9 @@ Pipeline: ImageWeightedModel(x, image) and NeuralFuseFront(x) -> torch.export ->
     it with firmware_harness/ (startup, glue runtime, evaluation main) into firmware.elf / runner.
     The weight image is NOT linked in: the base model reads it at the descriptor's fixed image address,
     where the emulator's loader places it, so one firmware runs against every faulty image.
-  host: tvm.compile + export_library (one .so per graph) run by the Relax VM.
+  host: tvm.compile + export_library (one .so per graph) run by the Relax VM; with BuildConfig.tuning_db
+    (a database from nfedge.tune) the fused PrimFuncs get their MetaSchedule-tuned schedules and the
+    code is compiled for the database's target (this CPU's -mcpu, its core count).
 
 Bundle layout (written atomically):
   manifest.json   format/version, config, target descriptor, io shapes, memory map, sizes, versions,
@@ -49,7 +51,7 @@ from nfedge.progress import QUIET, Progress
 from nfedge.quant import check_bits
 from nfedge.targets import TargetDescriptor, load_target
 
-__all__ = ["BuildConfig", "Bundle", "build_for_target", "load_bundle", "lower_relax", "BUNDLE_FORMAT",
+__all__ = ["BuildConfig", "Bundle", "build_for_target", "load_bundle", "lower_relax", "relax_graphs", "BUNDLE_FORMAT",
            "BUNDLE_VERSION"]
 
 BUNDLE_FORMAT = "nfedge-bundle"
@@ -74,6 +76,7 @@ class BuildConfig(StageConfig):
     schedule: str = "inline"  # "inline": fold element-wise epilogues into producers; "none": as fused
     workspace_bytes: int = 0  # operator scratch pool; 0 = the bound computed from the operators
     timeout_s: float = 600.0  # per toolchain command
+    tuning_db: str | None = None  # MetaSchedule database directory written by `nfedge tune` (host target only)
 
     def validate(self) -> None:
         require(isinstance(self.target, str) and self.target != "", "target must be a non-empty name or path")
@@ -85,6 +88,8 @@ class BuildConfig(StageConfig):
         require(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         require(self.workspace_bytes >= 0, "workspace_bytes must be >= 0")
         require(self.timeout_s > 0, "timeout_s must be > 0")
+        require(self.tuning_db is None or (isinstance(self.tuning_db, str) and self.tuning_db != ""),
+                "tuning_db must be a database directory or None")
 
 
 # ----------------------------------------------------------------------------------------------- bundle
@@ -193,22 +198,22 @@ def lower_relax(mod, target, schedule: str = "inline"):
     with target:
         mod = seq(mod)
     if schedule == "inline":
-        mod = _inline_schedule(mod)
+        mod = apply_inline_schedule(mod)
     return mod
 
 
-def _inline_schedule(mod):
+def apply_inline_schedule(mod):
     """A minimal CPU schedule for unscheduled fused PrimFuncs: inline every injective intermediate
     (padding, BatchNorm arithmetic, casts) and compute the element-wise epilogue of a reduction (conv,
     matmul, pooling) right after each output element's reduction, so the fused operator keeps one
     scalar instead of full-size intermediate tensors. Blocks that refuse a transformation stay as they
-    are (still correct, only slower)."""
+    are (still correct, only slower). PrimFuncs already scheduled (by a tuning database) are left alone."""
     import tvm
     from tvm import s_tir
 
     new_funcs = {}
     for gv, func in mod.functions.items():
-        if not isinstance(func, tvm.tirx.PrimFunc):
+        if not isinstance(func, tvm.tirx.PrimFunc) or (func.attrs and func.attrs.get("tirx.is_scheduled", False)):
             continue
         try:
             sch = s_tir.Schedule(func)
@@ -615,9 +620,9 @@ def _tvm_ffi_include() -> str:
 # -------------------------------------------------------------------------------------------- build
 
 
-def _check_inputs(cfg: BuildConfig, base_model: nn.Module, image: WeightImage, generator) -> int:
+def check_build_inputs(cfg: BuildConfig, base_model: nn.Module, image: WeightImage, generator) -> int:
     if not isinstance(image, WeightImage):
-        raise NfedgeError("build_for_target needs a WeightImage (nfedge.memory.build_image / read_image)")
+        raise NfedgeError("building or tuning needs a WeightImage (nfedge.memory.build_image / read_image)")
     if cfg.bits is not None and cfg.bits != image.manifest.bits:
         raise NfedgeError(f"build config asks for {cfg.bits}-bit weights but the image holds {image.manifest.bits}-bit codes")
     base_model = base_model.eval()
@@ -638,12 +643,23 @@ def _check_inputs(cfg: BuildConfig, base_model: nn.Module, image: WeightImage, g
     return int(y.shape[1])
 
 
+def relax_graphs(input_shape: tuple[int, int, int], base_model: nn.Module, image: WeightImage,
+                 generator: nn.Module | None, batch: int = 1) -> dict[str, Any]:
+    """The Relax programs a bundle compiles: "base" (x, image) -> logits and, with a generator,
+    "generator" x -> F(x) = clip(x + G(x), -1, 1); x is [batch, C, H, W] float32."""
+    x = torch.zeros((batch, *input_shape), dtype=torch.float32)
+    mods = {"base": _export_relax(ImageWeightedModel(base_model, image.manifest), (x, image_tensor(image)))}
+    if generator is not None:
+        mods["generator"] = _export_relax(NeuralFuseFront(generator), (x,))
+    return mods
+
+
 def build_for_target(cfg: BuildConfig, base_model: nn.Module, image: WeightImage, generator: nn.Module | None,
                      out_dir: str | Path, progress: Progress = QUIET) -> Bundle:
     """Compile base model (+ generator) for cfg.target and write the bundle directory atomically."""
     t_start = time.perf_counter()
     target = load_target(cfg.target)
-    num_classes = _check_inputs(cfg, base_model, image, generator)
+    num_classes = check_build_inputs(cfg, base_model, image, generator)
     image_bytes = int(image.manifest.total_bytes)
     if target.is_bare_metal and image_bytes > target.image.length:
         raise NfedgeError(f"the model does not fit target {target.name}: the weight image is {image_bytes} bytes but "
@@ -654,12 +670,16 @@ def build_for_target(cfg: BuildConfig, base_model: nn.Module, image: WeightImage
     else:
         _which(target.toolchain.cc, target, "compiler")
 
-    x = torch.zeros((1, *cfg.input_shape), dtype=torch.float32)
-    base_mod = ImageWeightedModel(base_model, image.manifest)
+    tuning = None
+    if cfg.tuning_db is not None:
+        from nfedge.tune import load_tuning_db
+
+        if target.kind != "host":
+            raise NfedgeError(f"a tuning database applies to the host target only, not to {target.name} ({target.kind})")
+        tuning = load_tuning_db(cfg.tuning_db, target)
+
     progress.info(f"build: importing the base model{' and generator' if generator is not None else ''} into TVM Relax")
-    relax_mods = {"base": _export_relax(base_mod, (x, image_tensor(image)))}
-    if generator is not None:
-        relax_mods["generator"] = _export_relax(NeuralFuseFront(generator), (x,))
+    relax_mods = relax_graphs(cfg.input_shape, base_model, image, generator)
     tvm_target = target.tvm_target()
 
     out_dir = Path(out_dir)
@@ -667,7 +687,7 @@ def build_for_target(cfg: BuildConfig, base_model: nn.Module, image: WeightImage
     with atomic_dir(out_dir) as tmp:
         (tmp / "relax").mkdir()
         if target.kind == "host":
-            entry, sizes, extra = _build_host(cfg, target, tvm_target, relax_mods, tmp, log, progress)
+            entry, sizes, extra = _build_host(cfg, target, tvm_target, relax_mods, tmp, log, progress, tuning)
         else:
             entry, sizes, extra = _build_glue(cfg, target, tvm_target, relax_mods, tmp, image_bytes, input_shape=cfg.input_shape,
                                               num_classes=num_classes, log=log, progress=progress)
@@ -797,23 +817,31 @@ def _glue_sizes(secs: dict[str, int], obj: Path, arena: int, workspace: int, tar
             "stack_bytes": secs.get(".stack", 0), "heap_bytes": secs.get(".heap", 0), "sections": secs}
 
 
-def _build_host(cfg, target, tvm_target, relax_mods, tmp: Path, log: list[str], progress: Progress):
+def _build_host(cfg, target, tvm_target, relax_mods, tmp: Path, log: list[str], progress: Progress, tuning=None):
+    """tuning: a nfedge.tune.TuningDatabase; its schedules (and its target: this CPU, its core count) are used."""
     import tvm
     from tvm import relax
 
     entry = {}
     sizes: dict[str, Any] = {}
+    tuned: dict[str, list[str]] = {}
     t0 = time.perf_counter()
     cc = _which(target.toolchain.cc, target, "compiler")
+    if tuning is not None:
+        tvm_target = tuning.tvm_target()
     for name, mod in relax_mods.items():
-        progress.info(f"build: tvm.compile {name} for {target.name}")
+        progress.info(f"build: tvm.compile {name} for {target.name}{' with tuned schedules' if tuning else ''}")
         with tvm.transform.PassContext(opt_level=cfg.opt_level):
             try:
                 seq = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference()])
                 mod2 = seq(mod)
-                if cfg.schedule == "inline":
+                if tuning is not None:
+                    mod2, tuned[name] = tuning.apply(mod2, cfg.schedule)
+                elif cfg.schedule == "inline":
                     mod2 = lower_relax(mod2, tvm_target, "inline")
                 ex = tvm.compile(mod2, target=tvm_target)
+            except NfedgeError:
+                raise
             except Exception as e:  # noqa: BLE001
                 raise NfedgeError(f"tvm.compile of {name} for {target.name} failed: {type(e).__name__}: "
                                   f"{str(e).splitlines()[0] if str(e) else ''}") from e
@@ -826,4 +854,8 @@ def _build_host(cfg, target, tvm_target, relax_mods, tmp: Path, log: list[str], 
         entry[name] = lib.name
         sizes[f"{name}_library_bytes"] = lib.stat().st_size
     entry["run"] = entry["base"]
-    return entry, sizes, {"timings": {"tvm_build_seconds": round(time.perf_counter() - t0, 3)}}
+    extra: dict[str, Any] = {"timings": {"tvm_build_seconds": round(time.perf_counter() - t0, 3)}}
+    if tuning is not None:
+        extra["tuning"] = {"db": str(tuning.path.resolve()), "db_sha256": tuning.sha256,
+                           "tvm_target": tuning.target_dict, "tuned_operators": tuned}
+    return entry, sizes, extra
