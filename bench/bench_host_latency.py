@@ -29,15 +29,21 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+# torch's OpenMP threads spin-wait after each parallel region; in one process with two other runtimes on
+# 2 cores that spinning stole the cores from whatever ran next (torch itself measured 117 ms instead of
+# 1 ms at --threads 2). Must be set before torch loads libgomp.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from nfedge.compile import BuildConfig, build_for_target
-from nfedge.export import ImageWeightedModel, NeuralFuseFront, export_base_onnx, export_generator_onnx, image_tensor
-from nfedge.memory import QuantizeConfig, quantize_to_image
-from nfedge.models import create_base_model, create_generator
-from nfedge.progress import DEFAULT
-from nfedge.tune import TuneConfig, load_tuning_db, tune_for_target
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from nfedge.compile import BuildConfig, build_for_target  # noqa: E402
+from nfedge.export import (ImageWeightedModel, NeuralFuseFront, export_base_onnx,  # noqa: E402
+                           export_generator_onnx, image_tensor)
+from nfedge.memory import QuantizeConfig, quantize_to_image  # noqa: E402
+from nfedge.models import create_base_model, create_generator  # noqa: E402
+from nfedge.progress import DEFAULT  # noqa: E402
+from nfedge.tune import TuneConfig, load_tuning_db, tune_for_target  # noqa: E402
 
 SHAPE = (1, 32, 32)
 
