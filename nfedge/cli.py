@@ -189,12 +189,14 @@ def _bases(base_paths, image_dirs):
 @click.option("--max-steps", type=int, help="stop after this many steps")
 @click.option("--init", "init", default="identity", show_default=True, type=click.Choice(["identity", "default"]),
               help="identity: G starts at 0 (F(x) = x); default: PyTorch's layer init")
+@click.option("--init-from", type=click.Path(dir_okay=False),
+              help="start from this generator checkpoint's weights (more epochs; Adam state and LR schedule restart)")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True)
 @_data_options
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="run directory (generator.pt, config.json)")
 def train_cmd(base_paths, image_dirs, generator, ber, voltage, fault, calibration, lam, n_perturbed, epochs, batch_size,
-              lr, max_steps, init, seed, device, dataset, data_root, train_limit, test_limit, out):
+              lr, max_steps, init, init_from, seed, device, dataset, data_root, train_limit, test_limit, out):
     """Train a NeuralFuse generator with EOPM (relaxed: on the deployed base; restricted: on surrogates).
 
     Runs under torchrun too (gloo on CPU, NCCL on GPUs): torchrun --nproc-per-node 2 -m nfedge train ...
@@ -211,7 +213,7 @@ def train_cmd(base_paths, image_dirs, generator, ber, voltage, fault, calibratio
     cfg = EOPMConfig(generator=generator, ber=ber if ber is not None or voltage is not None else 0.01, voltage=voltage,
                      fault=fault, calibration=calibration, lam=lam, n_perturbed=n_perturbed, epochs=epochs,
                      batch_size=batch_size, lr=lr,
-                     max_steps=max_steps, seed=seed, device=device, init=init)
+                     max_steps=max_steps, seed=seed, device=device, init=init, init_from=init_from)
     data = _data_config(bases[0][2]["meta"], dataset, data_root, train_limit, test_limit)
     distributed = "RANK" in __import__("os").environ
     if distributed and not dist.is_initialized():

@@ -60,6 +60,7 @@ class EOPMConfig(StageConfig):
     seed: int = 0  # generator init, shuffling and training chips
     device: str = "auto"
     init: str = "identity"  # identity: G(x) = 0 at step 0, so F(x) = x and CA(NF) starts at CA; or "default"
+    init_from: str | None = None  # continue from this generator checkpoint's weights (fresh Adam state and LR schedule)
 
     def validate(self) -> None:
         require(self.generator in GENERATORS, f"unknown generator {self.generator!r}; known: {', '.join(GENERATORS.names())}")
@@ -126,7 +127,13 @@ def train_generator(cfg: EOPMConfig, bases: list[tuple[nn.Module, WeightImage]],
     data_gen = seed_everything(cfg.seed)
     chip_rng = np.random.default_rng([cfg.seed, 1])  # same on every rank: all ranks see the same chips
     gen = create_generator(cfg.generator, in_channels=in_channels, input_size=input_size)
-    if cfg.init == "identity":
+    if cfg.init_from is not None:
+        start, _ = load_generator(cfg.init_from)
+        require(type(start) is type(gen) and start.state_dict().keys() == gen.state_dict().keys()
+                and all(v.shape == gen.state_dict()[k].shape for k, v in start.state_dict().items()),
+                f"--init-from {cfg.init_from}: not a {cfg.generator} for {in_channels}x{input_size[0]}x{input_size[1]} inputs")
+        gen.load_state_dict(start.state_dict())
+    elif cfg.init == "identity":
         init_identity(gen)
     gen = gen.to(device)
     model_g: nn.Module = nn.parallel.DistributedDataParallel(gen) if world > 1 else gen

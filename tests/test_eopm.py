@@ -83,6 +83,21 @@ def test_identity_init_still_learns(small_model, name):
     assert float(out.abs().max()) > 0  # the zeroed last layer moved, so G is no longer 0
 
 
+def test_init_from_continues_from_a_saved_generator(small_model, tmp_path):
+    from nfedge.errors import NfedgeError
+    from nfedge.eopm import save_generator
+
+    first, _ = _train(small_model, generator="ConvT", max_steps=2)
+    path = tmp_path / "g.pt"
+    save_generator(path, first, "ConvT", 1, (32, 32), {})
+    more, _ = _train(small_model, generator="ConvT", max_steps=1, lr=1e-12, init_from=str(path))
+    moved = dict(more.named_parameters())  # an Adam step of lr 1e-12 moves no weight visibly: the same start
+    for k, v in first.named_parameters():
+        assert torch.allclose(moved[k], v, atol=1e-6), k
+    with pytest.raises(NfedgeError, match="not a UNetT"):
+        _train(small_model, generator="UNetT", max_steps=1, init_from=str(path))
+
+
 def test_uip_baseline_trains(small_model):
     gen, hist = _train(small_model, generator="UIP", max_steps=5)
     p = dict(gen.named_parameters())
