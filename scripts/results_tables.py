@@ -56,10 +56,9 @@ def energy_table(root: Path) -> list[str]:
 def main() -> None:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/results")
     lines: list[str] = []
-    for fault in ("flip", "stuck-at"):
-        f = root / f"evaluate-{fault}.json"
-        if f.exists():
-            lines += accuracy_tables(json.loads(f.read_text()), fault)
+    for f in sorted(root.glob("evaluate-*.json")):
+        r = json.loads(f.read_text())
+        lines += accuracy_tables(r, f"{f.stem}: {r['config']['fault']}")
     lines += energy_table(root)
     print("\n".join(lines))
 
