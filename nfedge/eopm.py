@@ -6,7 +6,8 @@ M0 is the clean quantized base model, Mp_i are N perturbed copies with fresh fau
 chips, disjoint from evaluation chips) every step. Only G is trained. Relaxed access: the base model
 is the deployed one; restricted access: one or several surrogates (the loss is averaged over them),
 then the generator is transferred. The N perturbed passes substitute N weight dicts into the one base
-module (functional_call, nfedge.perturb): no model copies. Multi-process: run under torchrun (gloo on CPU, NCCL on GPU). Every
+module (functional_call, nfedge.perturb), with its BatchNorms folded into the convs: no model copies.
+Multi-process: run under torchrun (gloo on CPU, NCCL on GPU). Every
 rank runs the small generator on the whole global batch (so BatchNorm sees the same statistics as
 one process would; SyncBatchNorm is GPU-only) and the costly clean + N perturbed base passes on its
 slice of it; all ranks draw the same chips and DDP averages the gradients, which equals the
@@ -32,7 +33,7 @@ from nfedge.checkpoint import atomic_torch_save, load_torch_file
 from nfedge.memory import WeightImage
 from nfedge.models import GENERATORS, create_generator
 from nfedge.models.generators import neuralfuse_transform
-from nfedge.perturb import forward_many, perturbed_weights, training_chips
+from nfedge.perturb import fold_batchnorm, forward_many, perturbed_weights, training_chips
 from nfedge.progress import DEFAULT, Progress
 from nfedge.runtime import batches, pick_device, seed_everything
 
@@ -137,9 +138,12 @@ def train_generator(cfg: EOPMConfig, bases: list[tuple[nn.Module, WeightImage]],
         init_identity(gen)
     gen = gen.to(device)
     model_g: nn.Module = nn.parallel.DistributedDataParallel(gen) if world > 1 else gen
-    for model, _ in bases:
-        model.to(device).eval().requires_grad_(False)
-    clean = [{k: v.to(device) for k, v in img.dequantized_weights().items()} for _, img in bases]
+    # BatchNorm folded into the convs for the N + 1 passes of every step (same function, less memory traffic)
+    folded = [fold_batchnorm(model.eval().requires_grad_(False)) for model, _ in bases]
+    for fb in folded:
+        fb.module.to(device)
+    clean = [{k: v.to(device) for k, v in fb.weights(img.dequantized_weights()).items()}
+             for fb, (_, img) in zip(folded, bases)]
     opt = torch.optim.Adam(model_g.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step_every, gamma=cfg.lr_gamma)
     history, step = [], 0
@@ -154,9 +158,10 @@ def train_generator(cfg: EOPMConfig, bases: list[tuple[nn.Module, WeightImage]],
                 break  # drop the last partial batch: every rank needs an equal slice
             x, y = x.to(device), y.to(device)
             parts = []
-            for (model, image), cw in zip(bases, clean):
-                pw = [perturbed_weights(image, cfg.inject_config(c)) for c in training_chips(chip_rng, cfg.n_perturbed)]
-                parts.append((model, cw, [{k: v.to(device) for k, v in w.items()} for w in pw]))
+            for fb, (_, image), cw in zip(folded, bases, clean):
+                pw = [fb.weights(perturbed_weights(image, cfg.inject_config(c)))
+                      for c in training_chips(chip_rng, cfg.n_perturbed)]
+                parts.append((fb.module, cw, [{k: v.to(device) for k, v in w.items()} for w in pw]))
             loss = eopm_loss(model_g, parts, x, y, cfg.lam, rank, world)
             opt.zero_grad(set_to_none=True)
             loss.backward()
