@@ -176,7 +176,7 @@ def faultrun(bundle_dir: str | Path, test: tuple[torch.Tensor, torch.Tensor] | N
     if ipi["generator"] and ipi["base"]:
         ipi["generator_overhead"] = ipi["generator"] / ipi["base"]
     clock = bundle.target.clock_hz
-    est = {k: (v / clock if v and clock else None) for k, v in ipi.items() if k in ("base", "generator")}
+    est = {k: (v / clock if v and clock else None) for k, v in ipi.items() if k in ("base", "generator", "base_nf")}
     identical = min(r["agreement"][n]["identical_fraction"] for r in results for n in names)
     energy = None
     if gen_name:
@@ -197,6 +197,6 @@ def faultrun(bundle_dir: str | Path, test: tuple[torch.Tensor, torch.Tensor] | N
             "agreement": {"min_identical_fraction": identical,
                           "max_logit_diff": max(r["agreement"][n]["max_logit_diff"] for r in results for n in names),
                           "threshold": cfg.min_agreement, "passed": identical >= cfg.min_agreement},
-            "instructions_per_inference": ipi, "estimated_seconds_per_inference": est,
+            "instructions_per_inference": ipi, "estimated_seconds_per_inference": est, "clock_hz": clock,
             "estimate_note": "instructions / clock at 1 instruction per cycle (an estimate: QEMU counts instructions, not cycles)",
             "energy_saving": energy}

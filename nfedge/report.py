@@ -10,7 +10,6 @@ Plots (each with its numbers in report_data.json, so a reader or a test can chec
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +63,8 @@ def target_points(target: dict[str, Any]) -> dict[str, Any]:
         pts.append({"voltage": row["voltage"], "ber": row["ber"], "target_accuracy": row["target_accuracy"],
                     "host_accuracy": row["host_accuracy"], "agreement": row["agreement"]})
     return {"name": target["target"], "samples": target["samples"], "chips": target["chips"], "points": pts,
-            "instructions_per_inference": target["instructions_per_inference"]}
+            "instructions_per_inference": target["instructions_per_inference"],
+            "estimated_seconds_per_inference": target.get("estimated_seconds_per_inference", {})}
 
 
 def _plot_accuracy(data: dict[str, Any], path: Path) -> None:
@@ -172,6 +172,14 @@ def _markdown(data: dict[str, Any], header: str) -> str:
                 ag = p["agreement"][k]
                 parts.append(f"| {p['voltage']:.3f} | {p['ber'] * 100:.3g}% | {k} | {acc['mean']:.2f} | "
                              f"{p['host_accuracy'][k]['mean']:.2f} | {ag['identical_fraction'] * 100:.2f}% | {ag['max_logit_diff']:.2e} |")
+        ipi, est = t["instructions_per_inference"], t["estimated_seconds_per_inference"]
         parts += ["\nInstructions per inference (QEMU -icount, deterministic; emulated targets count instructions, "
-                  "not cycles):\n", "```", json.dumps(t["instructions_per_inference"], indent=2), "```"]
+                  "not cycles, so the time is an estimate at 1 instruction per cycle at the descriptor's clock):\n",
+                  "| part | instructions | estimated ms |", "|---|---|---|"]
+        for k, label in (("generator", "generator G (nominal voltage)"), ("base", "base model"),
+                         ("base_nf", "base model on F(x)")):
+            if ipi.get(k):
+                parts.append(f"| {label} | {ipi[k]:,} | {f'{1e3 * est[k]:.1f}' if est.get(k) else '-'} |")
+        if ipi.get("generator_overhead") is not None:
+            parts.append(f"\nGenerator overhead: {100 * ipi['generator_overhead']:.1f}% of the base model's instructions.")
     return "\n".join(parts) + "\n"
