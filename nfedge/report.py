@@ -67,10 +67,17 @@ def target_points(target: dict[str, Any]) -> dict[str, Any]:
             "estimated_seconds_per_inference": target.get("estimated_seconds_per_inference", {})}
 
 
+def _colours(data: dict[str, Any]) -> dict[str, str]:
+    """One colour per model, the same in every plot: base alone first, then the generators in run order."""
+    return {name: f"C{i}" for i, name in enumerate(data["series"])}
+
+
 def _plot_accuracy(data: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    colour = _colours(data)
     for name, s in data["series"].items():
-        line = ax.errorbar(data["voltages"], s["mean"], yerr=s["std"], marker="o", capsize=3, label=f"{name} (host)")
+        line = ax.errorbar(data["voltages"], s["mean"], yerr=s["std"], marker="o", capsize=3, label=f"{name} (host)",
+                           color=colour[name])
         if data["target"]:
             key = "base" if name == BASE else name
             tv = [(p["voltage"], p["target_accuracy"][key]["mean"]) for p in data["target"]["points"] if key in p["target_accuracy"]]
@@ -91,8 +98,9 @@ def _plot_accuracy(data: dict[str, Any], path: Path) -> None:
 
 def _plot_energy(data: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4.5))
+    colour = _colours(data)
     for name, e in data["energy_tradeoff"].items():
-        ax.scatter(e["ES"], e["PA_NF"], s=60)
+        ax.scatter(e["ES"], e["PA_NF"], s=60, color=colour.get(name))
         ax.annotate(name, (e["ES"], e["PA_NF"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
     ax.axvline(0, color="grey", lw=0.8)
     ax.set_xlabel(f"energy saving (%) at {data['focus_voltage']} V/Vmin (weight-memory accesses)")
@@ -106,10 +114,11 @@ def _plot_energy(data: dict[str, Any], path: Path) -> None:
 def _plot_spread(data: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4.5))
     names = list(data["chip_spread"])
+    colour = _colours(data)
     ax.boxplot([data["chip_spread"][n] for n in names], showfliers=False)
     for i, n in enumerate(names, start=1):
         ys = data["chip_spread"][n]
-        ax.scatter([i + 0.08 * ((k % 5) - 2) for k in range(len(ys))], ys, s=14, alpha=0.7)
+        ax.scatter([i + 0.08 * ((k % 5) - 2) for k in range(len(ys))], ys, s=14, alpha=0.7, color=colour.get(n))
     ax.set_xticks(range(1, len(names) + 1), names, fontsize=8)
     ax.set_ylabel(f"accuracy per chip (%) at {data['focus_voltage']} V/Vmin")
     ax.grid(alpha=0.3, axis="y")
