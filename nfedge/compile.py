@@ -715,7 +715,7 @@ def build_for_target(cfg: BuildConfig, base_model: nn.Module, image: WeightImage
             "files": files,
         }
         atomic_write_json(tmp / MANIFEST, manifest)
-    progress.info(f"build: bundle written to {out_dir} ({manifest['build_seconds']:.1f} s)")
+    progress.info(f"build: compiled and linked in {manifest['build_seconds']:.1f} s")
     return load_bundle(out_dir)
 
 

@@ -52,6 +52,7 @@ def build_bundle(cfg: BuildConfig, base_checkpoint: str | Path, image_dir: str |
         shutil.copy2(base_checkpoint, tmp / "host" / "base.pt")
         if generator_checkpoint:
             shutil.copy2(generator_checkpoint, tmp / "host" / "generator.pt")
+    progress.info(f"build: bundle written to {out_dir}")
     return load_bundle(out_dir)
 
 

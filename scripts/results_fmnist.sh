@@ -37,6 +37,13 @@ evaluate() {  # $1 output name, $2 fault model, $3 generators (space-separated),
 evaluate evaluate-flip flip "ConvT UNetT UIP" 0.854 0.833 0.792
 evaluate evaluate-stuck-at stuck-at "ConvT UNetT UIP" 0.833 0.792
 
+# UNetT's loss was still falling after 4 epochs: 4 more from its weights (seed 1: fresh chips and order)
+[ -f "$OUT/gen-UNetT-8ep/generator.pt" ] || OMP_NUM_THREADS=1 $NF train --base "$OUT/base/base.pt" --image "$OUT/img8" \
+  --generator UNetT --voltage "$TRAIN_V" --n-perturbed 5 --epochs 4 --seed 1 --init-from "$OUT/gen-UNetT/generator.pt" \
+  --out "$OUT/gen-UNetT-8ep" 2> "$OUT/train-UNetT-8ep.log"
+evaluate evaluate-flip-UNetT-8ep flip UNetT-8ep 0.854 0.833 0.792
+evaluate evaluate-stuck-at-UNetT-8ep stuck-at UNetT-8ep 0.833 0.792
+
 for g in ConvT UNetT UIP; do
   for v in 0.854 0.833 0.792; do
     [ -f "$OUT/energy-$g-$v.json" ] || $NF energy --base cnn-s --generator "$g" --input 1x32x32 --voltage "$v" --json \
