@@ -43,14 +43,18 @@ def straightforward_loss(gen, model, clean_state, perturbed, x, y, lam):
     return loss + lam * pert / len(perturbed)
 
 
-def timed(fn, repeats):
-    fn()  # warm-up
-    ts, out = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts), out
+def timed(fns: dict, repeats: int) -> dict:
+    """{name: (median s, last loss)}. The sides run in rounds, one step each, the order rotating every round,
+    so drift in the machine's load falls on all sides alike (the machine is shared and noisy)."""
+    names = list(fns)
+    out = {n: fns[n]() for n in names}  # warm-up
+    ts: dict = {n: [] for n in names}
+    for r in range(repeats):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            t = time.perf_counter()
+            out[n] = fns[n]()
+            ts[n].append(time.perf_counter() - t)
+    return {n: (statistics.median(ts[n]), out[n]) for n in names}
 
 
 def main() -> None:
@@ -75,30 +79,24 @@ def main() -> None:
     folded = fold_batchnorm(model)
     folded_clean = folded.weights(clean)
 
-    def step_nfedge():
-        gen.zero_grad(set_to_none=True)
-        loss = eopm_loss(gen, [(folded.module, folded_clean, [folded.weights(w) for w in perturbed])], x, y, lam=5.0)
-        loss.backward()
-        return float(loss.detach())
-
-    def step_unfolded():  # the same, BatchNorm left in place: shows what folding adds
-        gen.zero_grad(set_to_none=True)
-        loss = eopm_loss(gen, [(model, clean, perturbed)], x, y, lam=5.0)
-        loss.backward()
-        return float(loss.detach())
-
     model_with_grads = copy.deepcopy(model).requires_grad_(True)  # a plain module, as users train it
 
-    def step_loop():
-        gen.zero_grad(set_to_none=True)
-        loss = straightforward_loss(gen, model_with_grads, clean, perturbed, x, y, 5.0)
-        loss.backward()
-        return float(loss.detach())
+    def step(loss_fn):
+        def run():
+            gen.zero_grad(set_to_none=True)
+            loss = loss_fn()
+            loss.backward()
+            return float(loss.detach())
+        return run
+
+    step_nfedge = step(lambda: eopm_loss(gen, [(folded.module, folded_clean, [folded.weights(w) for w in perturbed])],
+                                         x, y, lam=5.0))
+    step_unfolded = step(lambda: eopm_loss(gen, [(model, clean, perturbed)], x, y, lam=5.0))  # what folding adds
+    step_loop = step(lambda: straightforward_loss(gen, model_with_grads, clean, perturbed, x, y, 5.0))
 
     gen.eval()  # fixed BN statistics so both sides compute the same function
-    t_nf, l_nf = timed(step_nfedge, a.repeats)
-    t_lp, l_lp = timed(step_loop, a.repeats)
-    t_uf, l_uf = timed(step_unfolded, a.repeats)
+    res = timed({"nfedge": step_nfedge, "loop": step_loop, "unfolded": step_unfolded}, a.repeats)
+    (t_nf, l_nf), (t_lp, l_lp), (t_uf, l_uf) = res["nfedge"], res["loop"], res["unfolded"]
     assert abs(l_nf - l_lp) <= 1e-3 * abs(l_lp) and abs(l_uf - l_lp) <= 1e-3 * abs(l_lp), (l_nf, l_uf, l_lp)
     print(f"# EOPM step: base {a.base}, generator {a.generator}, N={a.n}, batch {a.batch}, BER {a.ber}; "
           f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
