@@ -198,6 +198,6 @@ def faultrun(bundle_dir: str | Path, test: tuple[torch.Tensor, torch.Tensor] | N
             "agreement": {"min_identical_fraction": identical,
                           "max_logit_diff": max(r["agreement"][n]["max_logit_diff"] for r in results for n in names),
                           "threshold": cfg.min_agreement, "passed": identical >= cfg.min_agreement},
-            "instructions_per_inference": ipi, "estimated_seconds_per_inference": est, "clock_hz": clock,
+            "instructions_per_inference": ipi, "estimated_seconds_per_inference": est,
             "estimate_note": "instructions / clock at 1 instruction per cycle (an estimate: QEMU counts instructions, not cycles)",
             "energy_saving": energy}
