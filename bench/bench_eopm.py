@@ -22,12 +22,12 @@ import time
 import torch
 import torch.nn.functional as F
 
-from nfedge.eopm import eopm_loss
-from nfedge.faults import InjectConfig
-from nfedge.memory import build_image
 from nfedge.models import create_base_model, create_generator
 from nfedge.models.generators import neuralfuse_transform
-from nfedge.perturb import fold_batchnorm, perturbed_weights
+from nfedge.sram.faults import InjectConfig
+from nfedge.sram.image import build_image
+from nfedge.train.eopm import eopm_loss
+from nfedge.train.perturb import fold_batchnorm, perturbed_weights
 
 
 def straightforward_loss(gen, model, clean_state, perturbed, x, y, lam):

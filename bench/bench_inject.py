@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nfedge.faults import FAULT_MODELS, InjectConfig, apply_cell_faults, inject_faults
-from nfedge.memory import build_image, read_image, with_codes, write_image
+from nfedge.sram.faults import FAULT_MODELS, InjectConfig, apply_cell_faults, inject_faults
+from nfedge.sram.image import build_image, read_image, with_codes, write_image
 
 
 def median_ms(fn, repeats: int) -> float:

@@ -14,11 +14,11 @@ import tempfile
 import numpy as np
 import torch
 
-from nfedge.compile import BuildConfig, build_for_target
-from nfedge.energy import count_macs
-from nfedge.harness import run_on_target
-from nfedge.memory import build_image
+from nfedge.analysis.dataflow import count_macs
+from nfedge.deploy.build import BuildConfig, build_for_target
+from nfedge.deploy.harness import run_on_target
 from nfedge.models import create_base_model, create_generator
+from nfedge.sram.image import build_image
 
 
 def main() -> None:

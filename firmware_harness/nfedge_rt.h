@@ -14,7 +14,7 @@
 
 #include <tvm/ffi/c_api.h>
 
-/* Exit codes shared with nfedge/harness.py */
+/* Exit codes shared with nfedge/deploy/harness.py */
 #define NFEDGE_EXIT_OK 0
 #define NFEDGE_EXIT_IO 2        /* semihosting / file I/O failed */
 #define NFEDGE_EXIT_OPERATOR 3  /* a compiled operator returned non-zero */

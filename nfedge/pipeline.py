@@ -17,15 +17,17 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from nfedge.calibration import DEFAULT_CALIBRATION, load_calibration
+from nfedge import stages
 from nfedge.config import StageConfig, require
-from nfedge.eopm import EOPMConfig
+from nfedge.deploy.targets import load_target
 from nfedge.errors import NfedgeError
 from nfedge.fileio import atomic_write_json, sha256_file
 from nfedge.models import GENERATORS
 from nfedge.progress import DEFAULT, Progress
 from nfedge.quant import check_bits
-from nfedge.train_base import TrainBaseConfig
+from nfedge.sram.calibration import DEFAULT_CALIBRATION, load_calibration
+from nfedge.train.base import TrainBaseConfig
+from nfedge.train.eopm import EOPMConfig
 
 TABLE_VOLTAGES = (1.0, 0.958, 0.917, 0.875, 0.833, 0.792)  # nominal down to ~5% BER (calibration table)
 
@@ -70,8 +72,6 @@ def _table_key(cfg: RunConfig) -> tuple[Any, ...]:
 
 
 def _target_key(cfg: RunConfig) -> tuple[Any, ...]:
-    from nfedge.targets import load_target
-
     is_file = cfg.target.endswith(".toml") or "/" in cfg.target
     return (load_target(cfg.target).to_dict() | {"source": None},) if is_file else ()
 
@@ -106,8 +106,6 @@ def run_stage(root: Path, name: str, key: str, fn: Callable[[Path], dict[str, An
 
 def run_pipeline(cfg: RunConfig, out_dir: str | Path, progress: Progress = DEFAULT) -> dict[str, Any]:
     """Run (or reuse) every stage; returns {"stages": [...], "summary": {...}, "report": path}."""
-    from nfedge import stages
-
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(root / "run.json", cfg.to_dict())

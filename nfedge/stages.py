@@ -9,16 +9,21 @@ from typing import Any
 
 import torch
 
-from nfedge.calibration import DEFAULT_CALIBRATION
-from nfedge.checkpoint import load_checkpoint
+from nfedge.analysis.energy import EnergyConfig, estimate_energy
+from nfedge.analysis.evaluate import EvaluateConfig, evaluate
+from nfedge.analysis.report import write_report
 from nfedge.data import load_dataset
-from nfedge.energy import EnergyConfig, estimate_energy
-from nfedge.eopm import load_generator, save_generator, train_generator
-from nfedge.evaluate import EvaluateConfig, evaluate
+from nfedge.deploy.build import BuildConfig
+from nfedge.deploy.faultrun import FaultrunConfig, build_bundle, faultrun
+from nfedge.errors import NfedgeError
 from nfedge.fileio import atomic_write_json, sha256_file
-from nfedge.memory import QuantizeConfig, quantize_to_image, read_image, write_image
 from nfedge.progress import Progress
-from nfedge.train_base import train_base
+from nfedge.sram.calibration import DEFAULT_CALIBRATION
+from nfedge.sram.image import QuantizeConfig, quantize_to_image, read_image, write_image
+from nfedge.train.base import train_base
+from nfedge.train.checkpoint import load_checkpoint
+from nfedge.train.eopm import load_generator, save_generator, train_generator
+from nfedge.train.import_model import adopt_checkpoint
 
 
 def train_base_stage(cfg, d: Path, progress: Progress) -> dict[str, Any]:
@@ -28,9 +33,7 @@ def train_base_stage(cfg, d: Path, progress: Progress) -> dict[str, Any]:
 
 
 def adopt_base_stage(cfg, d: Path, progress: Progress) -> dict[str, Any]:
-    """The user's own base checkpoint instead of train-base (see nfedge.byo.adopt_checkpoint)."""
-    from nfedge.byo import adopt_checkpoint
-
+    """The user's own base checkpoint instead of train-base (see nfedge.train.import_model.adopt_checkpoint)."""
     acc = adopt_checkpoint(cfg.base_checkpoint, cfg.base.data, cfg.bits, d / "base.pt", progress)
     return {"test_accuracy": acc, "adopted_from": str(cfg.base_checkpoint)}
 
@@ -81,8 +84,6 @@ def evaluate_stage(cfg, base_dir: Path, image_dir: Path, gen_dirs: dict[str, Pat
 def report_stage(cfg, root: Path, base_dir: Path, image_dir: Path, gen_dirs: dict[str, Path], eval_dir: Path,
                  target_dir: Path | None) -> Path:
     """Always rewritten (cheap): the report reflects exactly the stages of this run."""
-    from nfedge.report import write_report
-
     host = json.loads((eval_dir / "evaluate.json").read_text())
     target = json.loads((target_dir / "faultrun.json").read_text()) if target_dir else None
     _, meta = load_checkpoint(base_dir / "base.pt")
@@ -98,9 +99,6 @@ def report_stage(cfg, root: Path, base_dir: Path, image_dir: Path, gen_dirs: dic
 
 def build_stage(cfg, base_dir: Path, image_dir: Path, gen_dirs: dict[str, Path], d: Path, progress: Progress) -> dict:
     """Build for the run's target with its first generator (emulation is slow: one generator on target)."""
-    from nfedge.compile import BuildConfig
-    from nfedge.faultrun import build_bundle
-
     gen = gen_dirs[cfg.generators[0]] / "generator.pt"
     b = build_bundle(BuildConfig(target=cfg.target, bits=cfg.bits), base_dir / "base.pt", image_dir / "image", gen,
                      d / "bundle", progress)
@@ -108,14 +106,10 @@ def build_stage(cfg, base_dir: Path, image_dir: Path, gen_dirs: dict[str, Path],
 
 
 def faultrun_stage(cfg, build_dir: Path, d: Path, progress: Progress) -> dict:
-    from nfedge.faultrun import FaultrunConfig, faultrun
-
     fcfg = FaultrunConfig(voltages=cfg.target_voltages, chips=cfg.target_chips, samples=cfg.target_samples, fault=cfg.fault,
                           calibration=cfg.calibration)
     r = faultrun(build_dir / "bundle", None, fcfg, progress)
     atomic_write_json(d / "faultrun.json", r)
     if not r["agreement"]["passed"]:
-        from nfedge.errors import NfedgeError
-
         raise NfedgeError(f"host and target disagree ({100 * r['agreement']['min_identical_fraction']:.2f}% identical)")
     return {"agreement": r["agreement"]}

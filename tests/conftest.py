@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from nfedge.checkpoint import save_checkpoint
-from nfedge.memory import SramGeometry, WeightImage, build_image, with_codes
 from nfedge.models import create_base_model
+from nfedge.sram.image import SramGeometry, WeightImage, build_image, with_codes
+from nfedge.train.checkpoint import save_checkpoint
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from nfedge.errors import NfedgeError
-from nfedge.models import GENERATORS
+from nfedge.models.registry import GENERATORS
 
 
 def neuralfuse_transform(generator: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from nfedge.models import BASE_MODELS
+from nfedge.models.registry import BASE_MODELS
 
 
 def _cbr(cin: int, cout: int) -> list[nn.Module]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from nfedge.models import BASE_MODELS
+from nfedge.models.registry import BASE_MODELS
 
 # --------------------------------------------------------------------------------------------- ResNet
 

@@ -1,0 +1,1 @@
+"""Host-side analysis: accuracy under faults (evaluate), the dataflow and energy model, and the run report."""

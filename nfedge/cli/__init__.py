@@ -1,0 +1,49 @@
+"""The `nfedge` command line: thin click wrappers over the library's stage functions, one module per part
+of the pipeline (sram, train, analysis, deploy, run), all registered on the group in nfedge.cli.common.
+
+Errors (NfedgeError and click's usage errors) are printed as ONE line on stderr with exit code 1
+(usage: 2); results that a script reads go to stdout (--json), progress to stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from nfedge.cli import analysis, deploy, run, sram, train  # noqa: F401 - the commands register on `cli`
+from nfedge.cli.common import cli
+from nfedge.errors import NfedgeError
+
+__all__ = ["cli", "cli_reference_markdown", "main"]
+
+
+def cli_reference_markdown() -> str:
+    """docs/CLI.md: every command's --help, at a fixed width (a test keeps the file in sync)."""
+    parts = ["# nfedge command reference", "", "Generated from the click help by "
+             "`.venv/bin/python -c 'from nfedge.cli import cli_reference_markdown as r; print(r(), end=\"\")' > docs/CLI.md`.", ""]
+    commands = [("nfedge", cli)] + [(f"nfedge {n}", c) for n, c in sorted(cli.commands.items())]
+    for name, cmd in commands:
+        ctx = click.Context(cmd, info_name=name, terminal_width=100, max_content_width=100)
+        parts += [f"## `{name}`", "", "```", cmd.get_help(ctx), "```", ""]
+    return "\n".join(parts)
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except NfedgeError as e:
+        click.echo(f"nfedge: error: {e}", err=True)
+        sys.exit(1)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.Abort:
+        click.echo("nfedge: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        click.echo(f"nfedge: error: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main()

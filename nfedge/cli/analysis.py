@@ -1,0 +1,92 @@
+"""Host-side analysis commands: evaluate (accuracy under faults), models, energy."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from nfedge.cli.common import calibration_option, cli, data_config, data_options, emit, load_bases
+
+
+def _format_eval(r: dict) -> str:
+    gens = list(r["clean"]["CA_NF"])
+    lines = [f"CA {r['clean']['CA']:.2f}" + "".join(f"   CA(NF {g}) {v:.2f}" for g, v in r["clean"]["CA_NF"].items()),
+             "| voltage | BER | PA mean+-std (worst) |" + "".join(f" PA(NF {g}) | RP {g} |" for g in gens),
+             "|---|---|---|" + "---|---|" * len(gens)]
+
+    def stat(s):
+        return f"{s['mean']:.2f}+-{s['std']:.2f} ({s['worst']:.2f})"
+
+    for c in r["conditions"]:
+        v = "-" if c["voltage"] is None else f"{c['voltage']:.3f}"
+        row = f"| {v} | {c['ber']:.4g} | {stat(c['PA'])} |"
+        row += "".join(f" {stat(e['PA_NF'])} | {e['RP']['mean']:+.2f} |" for e in c["generators"].values())
+        lines.append(row)
+    return "\n".join(lines)
+
+
+@cli.command("evaluate")
+@click.option("--base", "base_path", required=True, help="base checkpoint")
+@click.option("--image", "image_dir", required=True, help="its clean memory image")
+@click.option("--generator", "generator_paths", multiple=True, help="generator checkpoint (repeat; omit: base alone)")
+@click.option("--voltage", "voltages", multiple=True, type=float, help="V/Vmin (repeat)")
+@click.option("--ber", "bers", multiple=True, type=float, help="BER fraction (repeat)")
+@click.option("--chips", default=10, show_default=True, type=int, help="evaluation chips 0..K-1")
+@click.option("--fault", default="flip", show_default=True)
+@calibration_option
+@data_options
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--out", type=click.Path(dir_okay=False), help="also write the result JSON here")
+def evaluate_cmd(base_path, image_dir, generator_paths, voltages, bers, chips, fault, calibration, dataset, data_root,
+                 train_limit, test_limit, as_json, out):
+    """Host-simulated CA, PA, CA(NF), PA(NF), RP over evaluation chips (mean, std, worst chip)."""
+    from nfedge.analysis.evaluate import EvaluateConfig, evaluate
+    from nfedge.data import load_dataset
+    from nfedge.train.eopm import load_generator
+
+    ((model, image, meta),) = load_bases([base_path], [image_dir])
+    cfg = EvaluateConfig(voltages=tuple(voltages), bers=tuple(bers), chips=chips, fault=fault, calibration=calibration)
+    _, test, _ = load_dataset(data_config(meta["meta"], dataset, data_root, train_limit, test_limit))
+    gens = {}
+    for path in generator_paths:
+        g, gmeta = load_generator(path)
+        gens[gmeta["generator"] if gmeta["generator"] not in gens else str(path)] = g
+    r = evaluate(model, image, test.tensors, cfg, generators=gens)
+    emit(r, as_json, out, _format_eval(r))
+
+
+@cli.command("models")
+@click.option("--input", "input_shape", default="3x32x32", show_default=True, help="input as CxHxW")
+@click.option("--classes", default=10, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True)
+def models_cmd(input_shape, classes, as_json):
+    """List registered base models and generators with parameters, MACs and weight-memory accesses."""
+    from nfedge.analysis.energy import list_models, parse_input_shape
+
+    rows = list_models(parse_input_shape(input_shape), classes)
+    table = "\n".join(["| name | kind | params | MACs | weight accesses |", "|---|---|---|---|---|"] + [
+        f"| {r['name']} | {r['kind']} | {r['params']:,} | {r['macs']:,} | {r['weight_accesses']:,} |"
+        if r.get("params") is not None else f"| {r['name']} | {r['kind']} | - | - | - ({r.get('error', '')}) |" for r in rows])
+    click.echo(json.dumps(rows) if as_json else table)
+
+
+@cli.command("energy")
+@click.option("--base", default="cnn-s", show_default=True, help="base model name or an nfedge checkpoint (.pt)")
+@click.option("--generator", default="ConvS", show_default=True, help="generator name ('none' for the base alone)")
+@click.option("--input", "input_shape", default="1x32x32", show_default=True, help="input as CxHxW")
+@click.option("--classes", default=10, show_default=True, type=int)
+@click.option("--voltage", type=float, help="base-model SRAM voltage in V/Vmin (default 0.833)")
+@click.option("--ber", type=float, help="or the BER; the voltage is found from the calibration table")
+@click.option("--calibration", default="sram-14nm", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def energy_cmd(base, generator, input_shape, classes, voltage, ber, calibration, as_json):
+    """Weight-memory accesses, MACs, energy saving ES (paper Eq. 6) and MAC-ES (Eq. 7)."""
+    from nfedge.analysis.energy import EnergyConfig, estimate_energy
+
+    cfg = EnergyConfig(base=base, generator=None if generator.lower() == "none" else generator, input=input_shape,
+                       classes=classes, voltage=voltage if voltage is not None or ber is not None else 0.833, ber=ber,
+                       calibration=calibration)
+    r = estimate_energy(cfg)
+    lines = [f"{k}: {v}" for k, v in r.items()]
+    click.echo(json.dumps(r, sort_keys=True) if as_json else "\n".join(lines))

@@ -1,0 +1,69 @@
+"""The click group every command registers on, and the options and output helpers commands share.
+
+Commands import their stage modules inside the command function: `nfedge --help`, and each command, only
+pay for the libraries that command uses (TVM alone takes seconds to import).
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from nfedge.errors import NfedgeError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="nfedge")
+def cli() -> None:
+    """nfedge: NeuralFuse on the edge (quantize, inject SRAM faults, train, build, faultrun)."""
+
+
+def calibration_option(fn):
+    return click.option("--calibration", default="sram-14nm", show_default=True,
+                        help="SRAM table giving --voltage its BER: built-in name or TOML file")(fn)
+
+
+def data_options(fn):
+    fn = click.option("--test-limit", type=int, help="evaluate on a seeded subset of the test set")(fn)
+    fn = click.option("--train-limit", type=int, help="train on a seeded subset of the training set")(fn)
+    fn = click.option("--data-root", help="dataset folder (default: the Debian package's, Fashion-MNIST)")(fn)
+    fn = click.option("--dataset", default=None, help="fashion-mnist | cifar10 | cifar100 | gtsrb")(fn)
+    return fn
+
+
+def data_config(base_meta: dict | None, dataset, data_root, train_limit, test_limit):
+    """The data config: the checkpoint's (if any), with the options given on the command line on top."""
+    from nfedge.data import DataConfig
+
+    d = dict((base_meta or {}).get("config", {}).get("data") or {}) or DataConfig().to_dict()
+    for k, v in (("dataset", dataset), ("root", data_root), ("train_limit", train_limit), ("test_limit", test_limit)):
+        if v is not None:
+            d[k] = v
+    return DataConfig.from_dict(d)
+
+
+def emit(result: dict, as_json: bool, out: str | None, table: str) -> None:
+    from nfedge.fileio import atomic_write_json
+
+    if out:
+        atomic_write_json(out, result)
+    click.echo(json.dumps(result, sort_keys=True) if as_json else table)
+
+
+def load_bases(base_paths, image_dirs):
+    """(model, image, checkpoint metadata) per --base/--image pair; each image must come from its checkpoint."""
+    from nfedge.fileio import sha256_file
+    from nfedge.sram.image import read_image
+    from nfedge.train.checkpoint import load_checkpoint
+
+    if len(base_paths) != len(image_dirs):
+        raise NfedgeError(f"give one --image per --base ({len(base_paths)} bases, {len(image_dirs)} images)")
+    out = []
+    for b, i in zip(base_paths, image_dirs):
+        model, meta = load_checkpoint(b)
+        image = read_image(i)
+        if image.manifest.source_sha256 and image.manifest.source_sha256 != sha256_file(b):
+            raise NfedgeError(f"image {i} was not quantized from checkpoint {b} (source sha256 differs)")
+        out.append((model, image, meta))
+    return out

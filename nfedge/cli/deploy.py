@@ -1,0 +1,109 @@
+"""Deployment commands: build a bundle with TVM, tune for the host, faultrun on the emulated target."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from nfedge.cli.common import calibration_option, cli, emit, load_bases
+from nfedge.errors import NfedgeError
+
+
+@cli.command("build")
+@click.option("--target", default="arm-cortex", show_default=True, help="target descriptor name or TOML path")
+@click.option("--bits", type=int, help="expected weight precision (must equal the image's)")
+@click.option("--base", "base_path", required=True, help="base checkpoint")
+@click.option("--image", "image_dir", required=True, help="its clean memory image")
+@click.option("--generator", "generator_path", help="generator checkpoint (omit: base model alone)")
+@click.option("--tuning-db", type=click.Path(file_okay=False), help="host target: schedules from `nfedge tune --db`")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="bundle directory")
+def build_cmd(target, bits, base_path, image_dir, generator_path, tuning_db, out):
+    """Compile generator (nominal voltage) and base model (weights from the image) with TVM for a target."""
+    from nfedge.deploy.build import BuildConfig
+    from nfedge.deploy.faultrun import build_bundle
+
+    load_bases([base_path], [image_dir])  # the image must come from this checkpoint
+    b = build_bundle(BuildConfig(target=target, bits=bits, tuning_db=tuning_db), base_path, image_dir, generator_path,
+                     out)
+    sizes = b.manifest.get("sizes", {})
+    click.echo(f"wrote {out} for {b.target.name}: " + ", ".join(f"{k} {v}" for k, v in sizes.items() if isinstance(v, int)),
+               err=True)
+
+
+@cli.command("tune")
+@click.option("--target", default="host", show_default=True, help="target descriptor (only host can be tuned)")
+@click.option("--base", "base_path", required=True, help="base checkpoint")
+@click.option("--image", "image_dir", required=True, help="its clean memory image")
+@click.option("--generator", "generator_path", help="generator checkpoint (omit: base model alone)")
+@click.option("--db", "db_dir", required=True, type=click.Path(file_okay=False),
+              help="tuning database directory (created, or extended with the tasks it lacks)")
+@click.option("--trials", default=256, show_default=True, type=int, help="measured candidate schedules in total")
+@click.option("--trials-per-round", default=8, show_default=True, type=int, help="candidates per task per round")
+@click.option("--max-workers", default=0, show_default=True, type=int, help="builder processes (0: build in-process)")
+@click.option("--timeout", "timeout_s", default=60.0, show_default=True, type=float, help="seconds per candidate")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--cpu", default="native", show_default=True, help="LLVM -mcpu to tune for (native: this machine's)")
+@click.option("--threads", default=0, show_default=True, type=int, help="cores to tune for (0: all usable)")
+@click.option("--json", "as_json", is_flag=True, help="print the database summary as JSON on stdout")
+def tune_cmd(target, base_path, image_dir, generator_path, db_dir, trials, trials_per_round, max_workers, timeout_s,
+             seed, cpu, threads, as_json):
+    """MetaSchedule-tune the host build's operators on this machine; `nfedge build --tuning-db` uses the result."""
+    from nfedge.deploy.faultrun import image_input_shape
+    from nfedge.deploy.tune import TuneConfig, tune_for_target
+    from nfedge.progress import DEFAULT
+    from nfedge.train.eopm import load_generator
+
+    ((model, image, _),) = load_bases([base_path], [image_dir])
+    gen = load_generator(generator_path)[0] if generator_path else None
+    cfg = TuneConfig(target=target, input_shape=image_input_shape(base_path), trials=trials,
+                     trials_per_round=trials_per_round, max_workers=max_workers, timeout_s=timeout_s, seed=seed,
+                     cpu=cpu, threads=threads)
+    db = tune_for_target(cfg, model, image, gen, db_dir, DEFAULT)
+    m = db.manifest
+    summary = {"db": db_dir, "db_sha256": db.sha256, "tvm_target": m["tvm_target"], "seed": m["seed"],
+               "tasks": m["tasks"], "runs": m["runs"]}
+    if as_json:
+        click.echo(json.dumps(summary, sort_keys=True))
+    else:
+        tuned = sum(t["best_us"] is not None for t in m["tasks"])
+        click.echo(f"{db_dir}: {tuned} of {len(m['tasks'])} operators tuned for {m['tvm_target'].get('mcpu')} "
+                   f"({sum(r['trials'] for r in m['runs'])} trials, seed {m['seed']}); "
+                   f"use it with: nfedge build --target host --tuning-db {db_dir} ...")
+
+
+@cli.command("faultrun")
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--voltage", "voltages", multiple=True, type=float, help="V/Vmin (repeat)")
+@click.option("--ber", "bers", multiple=True, type=float, help="BER fraction (repeat)")
+@click.option("--chips", default=3, show_default=True, type=int)
+@click.option("--samples", default=32, show_default=True, type=int, help="test images per chip")
+@click.option("--fault", default="flip", show_default=True)
+@calibration_option
+@click.option("--min-agreement", default=0.99, show_default=True, type=float,
+              help="exit non-zero below this fraction of identical host/target predictions")
+@click.option("--jobs", default=2, show_default=True, type=int, help="emulator processes in parallel")
+@click.option("--timeout", "timeout_s", default=900.0, show_default=True, type=float, help="seconds per emulator run")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--out", type=click.Path(dir_okay=False), help="also write the result JSON here")
+def faultrun_cmd(bundle_dir, voltages, bers, chips, samples, fault, calibration, min_agreement, jobs, timeout_s, as_json,
+                 out):
+    """Run the bundle on its (emulated) target against undervolted SRAM images and compare with the host."""
+    from nfedge.deploy.faultrun import FaultrunConfig, faultrun
+
+    cfg = FaultrunConfig(voltages=tuple(voltages), bers=tuple(bers), chips=chips, samples=samples, fault=fault,
+                         calibration=calibration, min_agreement=min_agreement, jobs=jobs, timeout_s=timeout_s)
+    r = faultrun(bundle_dir, None, cfg)
+    lines = [f"target {r['target']}, {r['bits']}-bit, {r['chips']} chips x {r['samples']} samples",
+             "| V/Vmin | BER | model | target acc | host acc | identical | max logit diff |", "|---|---|---|---|---|---|---|"]
+    for row in r["results"]:
+        for n, acc in row["target_accuracy"].items():
+            ag = row["agreement"][n]
+            lines.append(f"| {row['voltage']} | {row['ber']:.4g} | {n} | {acc['mean']:.2f}+-{acc['std']:.2f} | "
+                         f"{row['host_accuracy'][n]['mean']:.2f} | {100 * ag['identical_fraction']:.1f}% | {ag['max_logit_diff']:.2e} |")
+    lines.append(f"instructions per inference: {r['instructions_per_inference']}")
+    emit(r, as_json, out, "\n".join(lines))
+    a = r["agreement"]
+    if not a["passed"]:
+        raise NfedgeError(f"host and target disagree: {100 * a['min_identical_fraction']:.2f}% identical predictions "
+                          f"< {100 * a['threshold']:.2f}%")

@@ -1,0 +1,61 @@
+"""The whole chain (`nfedge run`) and its report."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from nfedge.cli.common import cli
+from nfedge.errors import NfedgeError
+
+
+@cli.command("run")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="run config JSON (only the fields that differ from the default); default: the built-in job")
+@click.option("--out", default="runs/default", show_default=True, type=click.Path(file_okay=False))
+@click.option("--print-config", is_flag=True, help="print the resolved config and exit")
+@click.option("--json", "as_json", is_flag=True, help="print the stage log and summary as JSON")
+def run_cmd(config_path, out, print_config, as_json):
+    """Run the whole chain (train-base, quantize, train, evaluate, build, faultrun, report), reusing cached stages."""
+    import time
+
+    from nfedge.pipeline import load_run_config, run_pipeline
+
+    cfg = load_run_config(config_path)
+    if print_config:
+        click.echo(cfg.to_json())
+        return
+    t = time.time()
+    r = run_pipeline(cfg, out)
+    if as_json:
+        click.echo(json.dumps(r, sort_keys=True))
+        return
+    ran = ", ".join(f"{s['name']} {s['seconds']:.0f}s" for s in r["stages"] if not s["reused"]) or "none (all reused)"
+    click.echo(f"{r['summary']['table']}\n\nstages run: {ran}\nwall time {time.time() - t:.0f} s; report: {r['report']}")
+
+
+@cli.command("report")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+def report_cmd(run_dir):
+    """Rewrite the report (Markdown + PNG plots) of a finished `nfedge run` directory."""
+    from pathlib import Path
+
+    from nfedge import stages
+    from nfedge.pipeline import RunConfig
+
+    root = Path(run_dir)
+    if not (root / "run.json").is_file():
+        raise NfedgeError(f"{root} is not an nfedge run directory (no run.json)")
+    cfg = RunConfig.from_json((root / "run.json").read_text())
+
+    def newest(prefix):
+        done = sorted(root.glob(f"{prefix}-*/DONE.json"), key=lambda p: p.stat().st_mtime)
+        if not done:
+            raise NfedgeError(f"{root} has no finished {prefix} stage")
+        return done[-1].parent
+
+    gens = {g: newest(f"gen-{g}") for g in cfg.generators}
+    target = newest("faultrun") if list(root.glob("faultrun-*/DONE.json")) else None
+    out = stages.report_stage(cfg, root, newest("base"), newest("image"), gens, newest("evaluate"), target)
+    click.echo(f"wrote {out / 'REPORT.md'}")

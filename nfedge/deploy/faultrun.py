@@ -1,0 +1,203 @@
+"""`nfedge build` + `nfedge faultrun`: the compiled models on the (emulated) target against undervolted SRAM.
+
+build_bundle compiles base model (+ generator) with TVM into a bundle and keeps the two checkpoints in
+it (host/), so faultrun can run the host simulation of exactly the same bytes. faultrun, for every
+voltage (or BER) and chip: injects faults into the bundle's clean image, runs the target in its
+emulator with that image at its address (parallel emulator processes), runs the host simulation on
+the same bytes, and compares: accuracy on both sides (mean, std, worst chip), agreement (fraction of
+identical predictions, largest logit difference), instructions per inference (deterministic QEMU
+-icount counts) for generator and base model, an estimated time at the descriptor's clock, ES and MAC-ES.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nfedge.analysis.energy import EnergyConfig, estimate_energy
+from nfedge.analysis.evaluate import summarize
+from nfedge.config import StageConfig, require
+from nfedge.data import DataConfig, load_dataset
+from nfedge.deploy.build import BuildConfig, build_for_target
+from nfedge.deploy.bundle import Bundle, load_bundle
+from nfedge.deploy.harness import run_on_target
+from nfedge.errors import NfedgeError
+from nfedge.fileio import atomic_dir
+from nfedge.models.generators import neuralfuse_transform
+from nfedge.progress import DEFAULT, Progress
+from nfedge.sram.calibration import load_calibration
+from nfedge.sram.faults import FAULT_MODELS, InjectConfig, inject_faults
+from nfedge.sram.image import read_image
+from nfedge.train.checkpoint import load_checkpoint
+from nfedge.train.eopm import load_generator
+
+BASE = "base"
+
+
+def build_bundle(cfg: BuildConfig, base_checkpoint: str | Path, image_dir: str | Path, generator_checkpoint: str | Path | None,
+                 out_dir: str | Path, progress: Progress = DEFAULT) -> Bundle:
+    """Compile and write the bundle (atomically), with the checkpoints for host simulation in host/."""
+    model, _ = load_checkpoint(base_checkpoint)
+    image = read_image(image_dir)
+    gen = load_generator(generator_checkpoint)[0] if generator_checkpoint else None
+    shape = tuple(int(v) for v in image_input_shape(base_checkpoint))
+    cfg = dataclasses.replace(cfg, input_shape=shape)
+    with atomic_dir(out_dir) as tmp:
+        build_for_target(cfg, model, image, gen, tmp, progress)
+        (tmp / "host").mkdir()
+        shutil.copy2(base_checkpoint, tmp / "host" / "base.pt")
+        if generator_checkpoint:
+            shutil.copy2(generator_checkpoint, tmp / "host" / "generator.pt")
+    progress.info(f"build: bundle written to {out_dir}")
+    return load_bundle(out_dir)
+
+
+def image_input_shape(base_checkpoint: str | Path) -> tuple[int, int, int]:
+    _, meta = load_checkpoint(base_checkpoint)
+    ds = meta["meta"].get("dataset", {})
+    size = ds.get("image_size", [32, 32])
+    return (int(meta["in_channels"]), int(size[0]), int(size[1]))
+
+
+@dataclasses.dataclass(frozen=True)
+class FaultrunConfig(StageConfig):
+    voltages: tuple[float, ...] = ()  # V/Vmin; or bers
+    bers: tuple[float, ...] = ()
+    chips: int = 3  # evaluation chips 0..chips-1
+    samples: int = 32  # test images per chip (the same images on every chip, host and target)
+    fault: str = "flip"
+    stuck_at_one: float = 0.5
+    calibration: str = "sram-14nm"
+    min_agreement: float = 0.99  # fail when fewer predictions are identical on host and target
+    jobs: int = 2  # emulator processes in parallel
+    timeout_s: float = 900.0  # per emulator process
+    sample_seed: int = 0  # which test images
+
+    def validate(self) -> None:
+        require(bool(self.voltages) != bool(self.bers), "give voltages or BERs (one of the two)")
+        require(self.chips >= 1 and self.samples >= 1 and self.jobs >= 1, "chips, samples and jobs must be >= 1")
+        require(self.fault in FAULT_MODELS and self.fault != "map", f"faultrun takes fault flip or stuck-at, got {self.fault!r}")
+        require(0.0 <= self.min_agreement <= 1.0, "min_agreement must be in [0, 1]")
+        for b in self.bers:
+            require(0 <= b <= 0.5, f"BER must be in [0, 0.5], got {b}")
+
+    def conditions(self) -> list[dict[str, Any]]:
+        cal = load_calibration(self.calibration)
+        if self.voltages:
+            return [{"voltage": v, "ber": cal.ber_at(v)} for v in self.voltages]
+        return [{"voltage": None, "ber": b} for b in self.bers]
+
+
+def _host_logits(model, weights, gen, x) -> tuple[np.ndarray, np.ndarray | None]:
+    with torch.no_grad():
+        base = torch.func.functional_call(model, weights, (x,)).numpy()
+        nf = torch.func.functional_call(model, weights, (neuralfuse_transform(gen, x),)).numpy() if gen is not None else None
+    return base, nf
+
+
+def _agreement(a: list[np.ndarray], b: list[np.ndarray]) -> dict[str, float]:
+    a_, b_ = np.concatenate(a), np.concatenate(b)
+    return {"identical_fraction": float((a_.argmax(1) == b_.argmax(1)).mean()),
+            "max_logit_diff": float(np.abs(a_ - b_).max())}
+
+
+def faultrun(bundle_dir: str | Path, test: tuple[torch.Tensor, torch.Tensor] | None, cfg: FaultrunConfig,
+             progress: Progress = DEFAULT) -> dict[str, Any]:
+    """Run every (condition, chip) on target and host; returns the JSON-ready result (see module doc)."""
+    bundle = load_bundle(bundle_dir)
+    model, meta = load_checkpoint(bundle.path / "host" / "base.pt")
+    gen_path = bundle.path / "host" / "generator.pt"
+    gen, gmeta = load_generator(gen_path) if gen_path.is_file() else (None, None)
+    gen_name = gmeta["generator"] if gmeta else None
+    clean = read_image(bundle.path / "image")
+    if test is None:
+        d = meta["meta"].get("config", {}).get("data")
+        if d is None:
+            raise NfedgeError(f"bundle {bundle.path}: its base checkpoint records no dataset (import-model without "
+                              "--dataset); import it again with --dataset")
+        data = DataConfig.from_dict(d)
+        _, t, _ = load_dataset(dataclasses.replace(data, test_limit=cfg.samples, seed=cfg.sample_seed))
+        test = t.tensors
+    x, y = test[0][: cfg.samples], test[1][: cfg.samples]
+    jobs = [(i, cond, chip) for i, cond in enumerate(cfg.conditions()) for chip in range(cfg.chips)]
+
+    # Inject each (condition, chip) once: the same bytes go to the emulator and to the host simulation.
+    images = {(i, chip): inject_faults(clean, InjectConfig(
+        fault=cfg.fault, ber=None if cond["voltage"] is not None else cond["ber"], voltage=cond["voltage"],
+        chip=chip, stuck_at_one=cfg.stuck_at_one, calibration=cfg.calibration))[0] for i, cond, chip in jobs}
+
+    def on_target(job):  # threads only wait on emulator processes; torch stays in the main thread
+        i, cond, chip = job
+        where = f"chip {chip} at " + (f"{cond['voltage']} V/Vmin" if cond["voltage"] is not None else f"BER {cond['ber']}")
+        try:
+            return run_on_target(bundle, images[(i, chip)].codes.tobytes(), x.numpy(), timeout_s=cfg.timeout_s, verify=False)
+        except NfedgeError as e:
+            raise NfedgeError(f"{where}: {e}") from None
+
+    outs = {}
+    bar = progress.manual(f"faultrun on {bundle.target.name}", total=len(jobs), unit="run")
+    with ThreadPoolExecutor(max_workers=cfg.jobs) as pool:
+        for (i, _, chip), res in zip(jobs, pool.map(on_target, jobs)):
+            # functional_call swaps module parameters in place: never run it from two threads at once
+            hb, hn = _host_logits(model, images[(i, chip)].dequantized_weights(), gen, x)
+            outs[(i, chip)] = (res, hb, hn)
+            bar.update(1)
+    bar.close()
+    names = [BASE] + ([gen_name] if gen is not None else [])
+    results = []
+    instr = {"base": [], "generator": [], "base_nf": []}
+    for i, cond in enumerate(cfg.conditions()):
+        tgt = {n: [] for n in names}
+        host = {n: [] for n in names}
+        logits = {n: ([], []) for n in names}
+        for chip in range(cfg.chips):
+            res, hb, hn = outs[(i, chip)]
+            pairs = {BASE: (res.logits_base, hb)}
+            if gen is not None:
+                pairs[gen_name] = (res.logits_nf, hn)
+            for n, (t_l, h_l) in pairs.items():
+                tgt[n].append(100.0 * float((t_l.argmax(1) == y.numpy()).mean()))
+                host[n].append(100.0 * float((h_l.argmax(1) == y.numpy()).mean()))
+                logits[n][0].append(t_l)
+                logits[n][1].append(h_l)
+            for k, v in (("base", res.instructions_base), ("generator", res.instructions_generator),
+                         ("base_nf", res.instructions_base_nf)):
+                if v is not None:
+                    instr[k].extend(int(a) for a in v)
+        results.append({**cond, "target_accuracy": {n: summarize(v) for n, v in tgt.items()},
+                        "host_accuracy": {n: summarize(v) for n, v in host.items()},
+                        "agreement": {n: _agreement(*logits[n]) for n, v in tgt.items()}})
+    ipi = {k: (int(np.mean(v)) if v else None) for k, v in instr.items()}
+    if ipi["generator"] and ipi["base"]:
+        ipi["generator_overhead"] = ipi["generator"] / ipi["base"]
+    clock = bundle.target.clock_hz
+    est = {k: (v / clock if v and clock else None) for k, v in ipi.items() if k in ("base", "generator", "base_nf")}
+    identical = min(r["agreement"][n]["identical_fraction"] for r in results for n in names)
+    energy = None
+    if gen_name:
+        shape = "x".join(str(v) for v in bundle.input_shape)
+        energy = {}
+        for r in results:
+            if r["voltage"] is None:
+                continue
+            base_ref = str(bundle.path / "host" / "base.pt") if meta.get("source") else meta["model"]  # imported: by path
+            e = estimate_energy(EnergyConfig(base=base_ref, generator=gen_name, input=shape,
+                                             classes=bundle.num_classes, voltage=r["voltage"], calibration=cfg.calibration))
+            energy[str(r["voltage"])] = {"ES": e["energy_saving"], "MAC_ES": e["mac_energy_saving"]}
+    return {"config": cfg.to_dict(), "target": bundle.target.name, "bits": clean.manifest.bits, "chips": cfg.chips,
+            "samples": int(len(x)), "voltage": [r["voltage"] for r in results], "ber": [r["ber"] for r in results],
+            "generator": gen_name, "results": results,
+            "target_accuracy": {str(r["voltage"] if r["voltage"] is not None else r["ber"]): r["target_accuracy"] for r in results},
+            "host_accuracy": {str(r["voltage"] if r["voltage"] is not None else r["ber"]): r["host_accuracy"] for r in results},
+            "agreement": {"min_identical_fraction": identical,
+                          "max_logit_diff": max(r["agreement"][n]["max_logit_diff"] for r in results for n in names),
+                          "threshold": cfg.min_agreement, "passed": identical >= cfg.min_agreement},
+            "instructions_per_inference": ipi, "estimated_seconds_per_inference": est,
+            "estimate_note": "instructions / clock at 1 instruction per cycle (an estimate: QEMU counts instructions, not cycles)",
+            "energy_saving": energy}

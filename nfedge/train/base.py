@@ -1,0 +1,106 @@
+"""`nfedge train-base`: train a base classifier with quantization-aware training (STE) at b bits.
+
+Writes <out>/base.pt (an nfedge checkpoint whose meta holds the resolved config, the per-epoch
+history and the fake-quantized test accuracy) and <out>/config.json. After each epoch a resume
+point (<out>/resume.pt, with optimizer state) is saved, so an interrupted run continues where it
+stopped when started again with the same config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from nfedge.config import StageConfig, require
+from nfedge.data import DataConfig, load_dataset
+from nfedge.fileio import atomic_write_json
+from nfedge.models import BASE_MODELS, create_base_model
+from nfedge.progress import DEFAULT, Progress
+from nfedge.quant import check_bits, fake_quantized_weights
+from nfedge.runtime import batches, pick_device, seed_everything
+from nfedge.train.checkpoint import atomic_torch_save, save_checkpoint
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainBaseConfig(StageConfig):
+    model: str = "cnn-s"
+    data: DataConfig = DataConfig()
+    bits: int = 8  # QAT precision (the deployed image's b)
+    per_channel: bool = False
+    epochs: int = 4
+    batch_size: int = 128  # images per step
+    lr: float = 2e-3  # Adam learning rate, cosine-annealed to 0 over the run
+    weight_decay: float = 1e-4
+    seed: int = 0  # initialisation and shuffling
+    device: str = "auto"
+
+    def validate(self) -> None:
+        require(self.model in BASE_MODELS, f"unknown base model {self.model!r}; known: {', '.join(BASE_MODELS.names())}")
+        check_bits(self.bits)
+        require(self.epochs >= 1 and self.batch_size >= 1 and self.lr > 0, "epochs, batch_size and lr must be positive")
+
+
+def qat_logits(model: torch.nn.Module, x: torch.Tensor, bits: int, per_channel: bool) -> torch.Tensor:
+    """Forward with fake-quantized conv/linear weights (gradients reach the float weights via STE)."""
+    return torch.func.functional_call(model, fake_quantized_weights(model, bits, per_channel), (x,))
+
+
+@torch.no_grad()
+def qat_accuracy(model: torch.nn.Module, data, bits: int, per_channel: bool, device: torch.device) -> float:
+    model.eval()
+    correct = 0
+    for x, y in batches(data, 1024):
+        correct += int((qat_logits(model, x.to(device), bits, per_channel).argmax(1).cpu() == y).sum())
+    return correct / len(data)
+
+
+def train_base(cfg: TrainBaseConfig, out_dir: str | Path, progress: Progress = DEFAULT) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg.device)
+    gen = seed_everything(cfg.seed)
+    train, test, info = load_dataset(cfg.data)
+    model = create_base_model(cfg.model, in_channels=info.channels, num_classes=info.num_classes).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = cfg.epochs * -(-len(train) // cfg.batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    history: list[dict[str, float]] = []
+    start = 0
+    resume = out / "resume.pt"
+    if resume.is_file():
+        state = torch.load(resume, map_location=device, weights_only=False)
+        if state["config_hash"] == cfg.config_hash():
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["opt"])
+            sched.load_state_dict(state["sched"])
+            gen.set_state(state["gen"])
+            history, start = state["history"], state["epoch"]
+            progress.info(f"resuming {cfg.model} from epoch {start}")
+    for epoch in range(start, cfg.epochs):
+        model.train()
+        total, n = 0.0, 0
+        bar = progress.manual(f"train-base {cfg.model} epoch {epoch + 1}/{cfg.epochs}", total=len(train), unit="img")
+        for x, y in batches(train, cfg.batch_size, shuffle=True, generator=gen):
+            x, y = x.to(device), y.to(device)
+            loss = F.cross_entropy(qat_logits(model, x, cfg.bits, cfg.per_channel), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total, n = total + float(loss.detach()) * len(x), n + len(x)
+            bar.update(len(x))
+        bar.close()
+        acc = qat_accuracy(model, test, cfg.bits, cfg.per_channel, device)
+        history.append({"epoch": epoch + 1, "train_loss": total / n, "test_accuracy": acc})
+        progress.info(f"epoch {epoch + 1}: loss {total / n:.4f}, test accuracy ({cfg.bits}-bit) {acc:.4f}")
+        atomic_torch_save(resume, {"config_hash": cfg.config_hash(), "model": model.state_dict(), "opt": opt.state_dict(),
+                    "sched": sched.state_dict(), "gen": gen.get_state(), "history": history, "epoch": epoch + 1})
+    meta = {"config": cfg.to_dict(), "history": history, "test_accuracy": history[-1]["test_accuracy"],
+            "dataset": dataclasses.asdict(info)}
+    save_checkpoint(out / "base.pt", model.cpu(), cfg.model, info.channels, info.num_classes, meta)
+    atomic_write_json(out / "config.json", cfg.to_dict())
+    resume.unlink(missing_ok=True)
+    return out / "base.pt"

@@ -1,0 +1,68 @@
+"""Base-model checkpoints: a registry name + constructor arguments + state dict + the config that made it.
+
+    {"format": "nfedge-checkpoint", "version": 1, "model": "cnn-s", "in_channels": 1, "num_classes": 10,
+     "state_dict": {...}, "meta": {...}}
+Saved atomically; loading validates the format and rebuilds the module from the registry, or, for a
+user's model brought in by `nfedge import-model`, from the checkpoint's "source" (nfedge.train.model_source).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nfedge.errors import NfedgeError
+from nfedge.fileio import atomic_write_bytes
+from nfedge.models import create_base_model
+from nfedge.train.model_source import rebuild_module
+
+CHECKPOINT_FORMAT = "nfedge-checkpoint"
+
+
+def atomic_torch_save(path: str | Path, obj: Any) -> None:
+    """torch.save to a temp file, then rename: a reader never sees half a checkpoint."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_torch_file(path: str | Path, what: str, fmt: str, weights_only: bool = True) -> dict[str, Any]:
+    """A torch-saved dict of format `fmt`, or a one-line NfedgeError naming `what` is wrong with it."""
+    p = Path(path)
+    if not p.is_file():
+        raise NfedgeError(f"{what} {p} does not exist")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=weights_only)
+    except Exception as e:  # torch raises many types for a bad file
+        raise NfedgeError(f"{what} {p} is not a readable torch file ({type(e).__name__})") from None
+    if not isinstance(obj, dict) or obj.get("format") != fmt:
+        raise NfedgeError(f"{what} {p} is not an nfedge file of format {fmt!r}")
+    return obj
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, model_name: str, in_channels: int, num_classes: int,
+                    meta: dict[str, Any] | None = None) -> None:
+    atomic_torch_save(path, {"format": CHECKPOINT_FORMAT, "version": 1, "model": model_name, "in_channels": in_channels,
+                             "num_classes": num_classes, "state_dict": model.state_dict(), "meta": meta or {}})
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """(model in eval mode, the checkpoint dict without its state dict)."""
+    p = Path(path)
+    ckpt = load_torch_file(p, "checkpoint", CHECKPOINT_FORMAT)
+    source = ckpt.get("source")
+    if source is not None:  # an imported model: its own class or exported program, not a registry entry
+        model = rebuild_module(source, f"checkpoint {p}")
+        ckpt["source"] = {k: v for k, v in source.items() if k != "program"}  # callers get metadata, not bytes
+    else:
+        model = create_base_model(ckpt["model"], in_channels=ckpt["in_channels"], num_classes=ckpt["num_classes"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise NfedgeError(f"checkpoint {p}: state dict does not fit {ckpt['model']} ({str(e).splitlines()[0]})") from None
+    model.eval()
+    return model, {k: v for k, v in ckpt.items() if k != "state_dict"}

@@ -1,0 +1,197 @@
+"""`nfedge train`: train a NeuralFuse generator with EOPM (expectation over perturbed models).
+
+    loss = CE(M0(F(x)), y) + lambda * (1/N) * sum_i CE(Mp_i(F(x)), y),   F(x) = clip(x + G(x), -1, 1)
+
+M0 is the clean quantized base model, Mp_i are N perturbed copies with fresh fault maps (training
+chips, disjoint from evaluation chips) every step. Only G is trained. Relaxed access: the base model
+is the deployed one; restricted access: one or several surrogates (the loss is averaged over them),
+then the generator is transferred. The N perturbed passes substitute N weight dicts into the one base
+module (functional_call, nfedge.train.perturb), with its BatchNorms folded into the convs: no model copies.
+Multi-process: run under torchrun (gloo on CPU, NCCL on GPU). Every
+rank runs the small generator on the whole global batch (so BatchNorm sees the same statistics as
+one process would; SyncBatchNorm is GPU-only) and the costly clean + N perturbed base passes on its
+slice of it; all ranks draw the same chips and DDP averages the gradients, which equals the
+one-process gradient of the same global batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from nfedge.config import StageConfig, require
+from nfedge.errors import NfedgeError
+from nfedge.models import GENERATORS, create_generator
+from nfedge.models.generators import neuralfuse_transform
+from nfedge.progress import DEFAULT, Progress
+from nfedge.runtime import batches, pick_device, seed_everything
+from nfedge.sram.faults import FAULT_MODELS, InjectConfig
+from nfedge.sram.image import WeightImage
+from nfedge.train.checkpoint import atomic_torch_save, load_torch_file
+from nfedge.train.perturb import fold_batchnorm, forward_many, perturbed_weights, training_chips
+
+GENERATOR_FORMAT = "nfedge-generator"
+
+
+@dataclasses.dataclass(frozen=True)
+class EOPMConfig(StageConfig):
+    generator: str = "ConvS"
+    ber: float | None = 0.01  # training BER (restricted access: the paper uses 1.5%); or voltage
+    voltage: float | None = None
+    fault: str = "flip"
+    stuck_at_one: float = 0.5
+    calibration: str = "sram-14nm"
+    lam: float = 5.0  # weight of the perturbed term (paper ablation: 5)
+    n_perturbed: int = 10  # N perturbed models per step
+    epochs: int = 5
+    batch_size: int = 64  # global batch (split over ranks under torchrun)
+    lr: float = 1e-3  # Adam, betas (0.5, 0.999) as the public code
+    beta1: float = 0.5
+    beta2: float = 0.999
+    lr_step_every: int = 500  # iterations between StepLR decays (public code)
+    lr_gamma: float = 0.96
+    max_steps: int | None = None  # stop early (tests, benchmarks)
+    seed: int = 0  # generator init, shuffling and training chips
+    device: str = "auto"
+    init: str = "identity"  # identity: G(x) = 0 at step 0, so F(x) = x and CA(NF) starts at CA; or "default"
+    init_from: str | None = None  # continue from this generator checkpoint's weights (fresh Adam state and LR schedule)
+
+    def validate(self) -> None:
+        require(self.generator in GENERATORS, f"unknown generator {self.generator!r}; known: {', '.join(GENERATORS.names())}")
+        require((self.ber is None) != (self.voltage is None), "give exactly one of ber and voltage")
+        require(self.fault in FAULT_MODELS and self.fault != "map", f"EOPM takes fault flip or stuck-at, got {self.fault!r}")
+        require(self.n_perturbed >= 1 and self.epochs >= 1 and self.batch_size >= 1, "n_perturbed, epochs, batch_size must be >= 1")
+        require(self.lam >= 0 and self.lr > 0, "lam must be >= 0 and lr > 0")
+        require(self.init in ("identity", "default"), f"init must be identity or default, got {self.init!r}")
+
+    def inject_config(self, chip: int) -> InjectConfig:
+        return InjectConfig(fault=self.fault, ber=self.ber, voltage=self.voltage, chip=chip,
+                            stuck_at_one=self.stuck_at_one, calibration=self.calibration)
+
+
+def eopm_loss(generator: nn.Module, bases: list[tuple[nn.Module, dict, dict]], x: torch.Tensor, y: torch.Tensor,
+              lam: float, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """EOPM loss averaged over base models; each base is (model, clean weights, list of N perturbed weights).
+
+    With world > 1 the base passes use only this rank's slice rank::world of the transformed batch.
+    """
+    fx = neuralfuse_transform(generator, x)[rank::world]
+    y = y[rank::world]
+    total = fx.new_zeros(())
+    for model, clean, perturbed in bases:
+        clean_loss = F.cross_entropy(torch.func.functional_call(model, clean, (fx,)), y)
+        pert = forward_many(model, perturbed, fx)  # [N, B, classes]
+        n = pert.shape[0]
+        pert_loss = F.cross_entropy(pert.reshape(-1, pert.shape[-1]), y.repeat(n))  # = mean_i CE_i
+        total = total + clean_loss + lam * pert_loss
+    return total / len(bases)
+
+
+def init_identity(generator: nn.Module) -> nn.Module:
+    """Make G(x) = 0 at the start, so training starts from F(x) = x (the base model's own accuracy).
+
+    Zeroes the generator's last parameterised layer: the BatchNorm before the final tanh (Conv*, DeConv*:
+    BN output = shift = 0, tanh(0) = 0) or the final 1x1 conv (UNet*: weight and bias). That layer still
+    gets a gradient (for BN, dL/dgamma = sum(dL/dy * x_hat); for the conv, dL/dW = dL/dy * input), so
+    training moves on from there. With PyTorch's default init G(x) starts as noise of order 0.5 that
+    costs clean accuracy the training must first undo. UIP already starts at tanh(0) = 0.
+    """
+    layers = [m for m in generator.modules()
+              if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.conv._ConvNd))]
+    if layers:
+        with torch.no_grad():
+            layers[-1].weight.zero_()
+            if layers[-1].bias is not None:
+                layers[-1].bias.zero_()
+    return generator
+
+
+def _world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+
+def train_generator(cfg: EOPMConfig, bases: list[tuple[nn.Module, WeightImage]], train, in_channels: int,
+                    input_size: tuple[int, int], progress: Progress = DEFAULT) -> tuple[nn.Module, dict[str, Any]]:
+    """Train G on `bases` (relaxed: the deployed model; restricted: surrogates). Returns (G, history)."""
+    if not bases:
+        raise NfedgeError("EOPM needs at least one base model")
+    rank, world = _world()
+    require(cfg.batch_size % world == 0, f"batch_size {cfg.batch_size} must divide by the {world} processes")
+    device = pick_device(cfg.device)
+    data_gen = seed_everything(cfg.seed)
+    chip_rng = np.random.default_rng([cfg.seed, 1])  # same on every rank: all ranks see the same chips
+    gen = create_generator(cfg.generator, in_channels=in_channels, input_size=input_size)
+    if cfg.init_from is not None:
+        start, _ = load_generator(cfg.init_from)
+        require(type(start) is type(gen) and start.state_dict().keys() == gen.state_dict().keys()
+                and all(v.shape == gen.state_dict()[k].shape for k, v in start.state_dict().items()),
+                f"--init-from {cfg.init_from}: not a {cfg.generator} for {in_channels}x{input_size[0]}x{input_size[1]} inputs")
+        gen.load_state_dict(start.state_dict())
+    elif cfg.init == "identity":
+        init_identity(gen)
+    gen = gen.to(device)
+    model_g: nn.Module = nn.parallel.DistributedDataParallel(gen) if world > 1 else gen
+    # BatchNorm folded into the convs for the N + 1 passes of every step (same function, less memory traffic)
+    folded = [fold_batchnorm(model.eval().requires_grad_(False)) for model, _ in bases]
+    for fb in folded:
+        fb.module.to(device)
+    clean = [{k: v.to(device) for k, v in fb.weights(img.dequantized_weights()).items()}
+             for fb, (_, img) in zip(folded, bases)]
+    opt = torch.optim.Adam(model_g.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step_every, gamma=cfg.lr_gamma)
+    history, step = [], 0
+    steps_per_epoch = len(train) // cfg.batch_size
+    for epoch in range(cfg.epochs):
+        model_g.train()
+        losses = []
+        it = batches(train, cfg.batch_size, shuffle=True, generator=data_gen)
+        for x, y in progress.bar(it, desc=f"EOPM {cfg.generator} epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch,
+                                 unit="step"):
+            if len(x) < cfg.batch_size:
+                break  # drop the last partial batch: every rank needs an equal slice
+            x, y = x.to(device), y.to(device)
+            parts = []
+            for fb, (_, image), cw in zip(folded, bases, clean):
+                pw = [fb.weights(perturbed_weights(image, cfg.inject_config(c)))
+                      for c in training_chips(chip_rng, cfg.n_perturbed)]
+                parts.append((fb.module, cw, [{k: v.to(device) for k, v in w.items()} for w in pw]))
+            loss = eopm_loss(model_g, parts, x, y, cfg.lam, rank, world)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if world > 1:  # report the global loss (mean over ranks), the same number one process prints
+                loss = loss.detach().clone()
+                dist.all_reduce(loss)
+                loss /= world
+            losses.append(float(loss.detach()))
+            step += 1
+            if cfg.max_steps is not None and step >= cfg.max_steps:
+                break
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"), "steps": step,
+                        "step_losses": losses})
+        progress.info(f"EOPM epoch {epoch + 1}: loss {history[-1]['loss']:.4f}")
+        if cfg.max_steps is not None and step >= cfg.max_steps:
+            break
+    gen.eval()
+    return gen.cpu(), {"history": history, "steps": step, "world_size": world}
+
+
+def save_generator(path: str | Path, generator: nn.Module, name: str, in_channels: int, input_size: tuple[int, int],
+                   meta: dict[str, Any]) -> None:
+    atomic_torch_save(path, {"format": GENERATOR_FORMAT, "version": 1, "generator": name, "in_channels": in_channels,
+                             "input_size": list(input_size), "state_dict": generator.state_dict(), "meta": meta})
+
+
+def load_generator(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    ckpt = load_torch_file(path, "generator checkpoint", GENERATOR_FORMAT)
+    gen = create_generator(ckpt["generator"], in_channels=ckpt["in_channels"], input_size=tuple(ckpt["input_size"]))
+    gen.load_state_dict(ckpt["state_dict"])
+    return gen.eval(), {k: v for k, v in ckpt.items() if k != "state_dict"}

@@ -1,0 +1,138 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from nfedge.models import create_generator, list_generators
+from nfedge.progress import QUIET
+from nfedge.sram.faults import InjectConfig
+from nfedge.sram.image import build_image
+from nfedge.train.eopm import EOPMConfig, eopm_loss, init_identity, load_generator, train_generator
+from nfedge.train.perturb import TRAIN_CHIP_BASE, forward_many, perturbed_weights, training_chips
+
+
+def _toy_data(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return TensorDataset(torch.rand(n, 1, 32, 32, generator=g) * 2 - 1, torch.randint(0, 10, (n,), generator=g))
+
+
+def _base(small_model):
+    return small_model, build_image(small_model, 8)
+
+
+def test_forward_many_equals_one_model_at_a_time(small_model):
+    model, image = _base(small_model)
+    ws = [perturbed_weights(image, InjectConfig(ber=0.02, chip=c)) for c in range(4)]
+    x = torch.rand(5, 1, 32, 32) * 2 - 1
+    batched = forward_many(model, ws, x)
+    for i, w in enumerate(ws):
+        single = torch.func.functional_call(model, w, (x,))
+        assert torch.allclose(batched[i], single, atol=1e-5)
+    assert not torch.allclose(batched[0], batched[1])  # different chips, different models
+
+
+def test_gradients_reach_only_the_generator(small_model):
+    model, image = _base(small_model)
+    model.requires_grad_(False)
+    gen = create_generator("ConvS", in_channels=1)
+    ws = [perturbed_weights(image, InjectConfig(ber=0.01, chip=c)) for c in range(2)]
+    x, y = _toy_data(8).tensors
+    eopm_loss(gen, [(model, image.dequantized_weights(), ws)], x, y, lam=5.0).backward()
+    assert all(p.grad is None for p in model.parameters())
+    grads = [p.grad for p in gen.parameters()]
+    assert all(g is not None for g in grads) and any(float(g.abs().sum()) > 0 for g in grads)
+
+
+def test_training_chips_never_overlap_evaluation_chips():
+    chips = training_chips(np.random.default_rng(0), 10_000)
+    assert min(chips) >= TRAIN_CHIP_BASE  # evaluation chips are 0..K-1
+
+
+def _train(small_model, **kw):
+    cfg = EOPMConfig(**{"generator": "ConvS", "epochs": 1, "max_steps": 3, "n_perturbed": 2, "batch_size": 16, **kw})
+    return train_generator(cfg, [_base(small_model)], _toy_data(), 1, (32, 32), progress=QUIET)
+
+
+def test_eopm_is_reproducible_from_its_seed(small_model):
+    a, ha = _train(small_model, seed=3)
+    b, hb = _train(small_model, seed=3)
+    c, _ = _train(small_model, seed=4)
+    assert ha["history"][0]["step_losses"] == hb["history"][0]["step_losses"]
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+    assert any(not torch.equal(v, c.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+@pytest.mark.parametrize("name", list_generators())
+def test_identity_init_makes_the_transform_the_identity(name):
+    x = torch.rand(4, 1, 32, 32) * 2 - 1
+    gen = create_generator(name, in_channels=1)
+    for g in (init_identity(gen).train(), gen.eval()):
+        assert torch.equal(g(x), torch.zeros_like(x)), name
+
+
+@pytest.mark.parametrize("name", ["ConvT", "UNetT"])
+def test_identity_init_still_learns(small_model, name):
+    gen, _ = _train(small_model, generator=name, init="identity", max_steps=3)
+    with torch.no_grad():
+        out = gen.eval()(torch.rand(4, 1, 32, 32) * 2 - 1)
+    assert float(out.abs().max()) > 0  # the zeroed last layer moved, so G is no longer 0
+
+
+def test_init_from_continues_from_a_saved_generator(small_model, tmp_path):
+    from nfedge.errors import NfedgeError
+    from nfedge.train.eopm import save_generator
+
+    first, _ = _train(small_model, generator="ConvT", max_steps=2)
+    path = tmp_path / "g.pt"
+    save_generator(path, first, "ConvT", 1, (32, 32), {})
+    more, _ = _train(small_model, generator="ConvT", max_steps=1, lr=1e-12, init_from=str(path))
+    moved = dict(more.named_parameters())  # an Adam step of lr 1e-12 moves no weight visibly: the same start
+    for k, v in first.named_parameters():
+        assert torch.allclose(moved[k], v, atol=1e-6), k
+    with pytest.raises(NfedgeError, match="not a UNetT"):
+        _train(small_model, generator="UNetT", max_steps=1, init_from=str(path))
+
+
+def test_uip_baseline_trains(small_model):
+    gen, hist = _train(small_model, generator="UIP", max_steps=5)
+    p = dict(gen.named_parameters())
+    assert len(p) == 1 and float(next(iter(p.values())).abs().sum()) > 0  # P moved away from zero
+    assert all(np.isfinite(hist["history"][0]["step_losses"]))
+
+
+def test_restricted_access_ensemble_of_surrogates(small_model):
+    from nfedge.models import create_base_model
+
+    torch.manual_seed(5)
+    other = create_base_model("cnn-xs", 1, 10).eval()
+    cfg = EOPMConfig(generator="ConvS", epochs=1, max_steps=2, n_perturbed=2, batch_size=16)
+    gen, hist = train_generator(cfg, [_base(small_model), _base(other)], _toy_data(), 1, (32, 32), progress=QUIET)
+    assert hist["steps"] == 2
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one(tmp_path, checkpoint):
+    """2 CPU processes (gloo) on the same global batch train the same generator as one process."""
+    py = sys.executable
+    img = tmp_path / "img"
+    subprocess.run([py, "-m", "nfedge", "quantize", "--checkpoint", checkpoint, "--out", img], check=True)
+    common = ["train", "--base", str(checkpoint), "--image", str(img), "--generator", "ConvS", "--epochs", "1",
+              "--max-steps", "3", "--n-perturbed", "2", "--batch-size", "8", "--train-limit", "64"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([py, "-m", "nfedge", *common, "--out", tmp_path / "one"], capture_output=True, text=True, env=env)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([py, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+                          "-m", "nfedge", *common, "--out", tmp_path / "two"], capture_output=True, text=True, env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    g1, m1 = load_generator(tmp_path / "one" / "generator.pt")
+    g2, m2 = load_generator(tmp_path / "two" / "generator.pt")
+    assert m2["meta"]["world_size"] == 2
+    np.testing.assert_allclose(m1["meta"]["history"][0]["step_losses"], m2["meta"]["history"][0]["step_losses"], rtol=1e-4)
+    x = torch.rand(16, 1, 32, 32) * 2 - 1
+    with torch.no_grad():  # Adam turns float-level gradient noise into ~lr-sized steps on bias terms
+        assert torch.allclose(g1(x), g2(x), atol=5e-3)
