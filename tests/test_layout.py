@@ -21,6 +21,7 @@ LAYERS = [
      "nfedge.runtime", "nfedge._data"),
     ("nfedge.quant", "nfedge.models", "nfedge.data"),
     ("nfedge.sram",),
+    ("nfedge.integer",),
     ("nfedge.train",),
     ("nfedge.analysis",),
     ("nfedge.deploy",),

@@ -1,0 +1,148 @@
+"""Post-training calibration of an integer program: activation scales observed on a seeded calibration set,
+then every operator's integer parameters (rescale multipliers and shifts, int32 biases, tanh tables).
+
+    prog = calibrate(trace_program(base, True), base, x_calib, image=image)   # base model: codes from the image
+    gprog = calibrate(trace_program(gen, False), gen, x_calib)                # generator: int8 constants (flash)
+Scales: the input is fixed at 1/127 (images live in [-1, 1]); a tensor after conv/linear/avgpool gets
+max|x| / 127 over the calibration set (observed in float with the clean weights); pooling, upsampling and
+flatten keep their input's scale; a concat takes the largest input scale; a tanh output is 1/127; the
+classifier's output (int32 logits) gets max|x| / 2^20, leaving 2^11 of headroom for faulty weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from nfedge.errors import NfedgeError
+from nfedge.integer.program import INPUT, Op, Program
+from nfedge.integer.scheme import (
+    ACT_QMAX,
+    INT8_MAX,
+    INT8_MIN,
+    INT32_MAX,
+    INT32_MIN,
+    quantize_bias,
+    quantize_multiplier,
+    quantize_to_int8,
+)
+from nfedge.integer.simulate import run_float
+from nfedge.quant import quantize_symmetric
+from nfedge.sram.image import WeightImage
+
+INPUT_SCALE = 1.0 / ACT_QMAX  # inputs and F(x) are in [-1, 1]
+TANH_SCALE = 1.0 / ACT_QMAX
+LOGIT_RESOLUTION = 2.0**20  # logits' scale = max|logit| / 2^20
+GENERATOR_BITS = 8  # a generator's weights live in flash, quantized per output channel at 8 bits
+
+
+def _out_channel_axis(op: Op) -> int:
+    return 1 if op.attrs.get("transposed") else 0  # ConvTranspose2d weights are [Cin, Cout, kH, kW]
+
+
+def program_weights(prog: Program, model: nn.Module, image: WeightImage | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{weight key: (int8 codes, per-output-channel real scales)}: the image's codes (base model) or the
+    model's weights quantized per output channel (generator)."""
+    state = model.state_dict()
+    out = {}
+    entries = {t.name: t for t in image.manifest.tensors} if image is not None else {}
+    for op in prog.ops:
+        if op.kind not in ("conv", "linear"):
+            continue
+        key = prog.weight_key(op)
+        if prog.weights_from_image:
+            if key not in entries:
+                raise NfedgeError(f"integer mode: weight {key} is not in the memory image")
+            t = entries[key]
+            codes = image.tensor_codes(t).astype(np.int64)
+            scales = np.broadcast_to(np.asarray(t.scales, dtype=np.float64), (t.shape[0],)).copy()
+        else:
+            w = state[key].detach().float()
+            axis = _out_channel_axis(op)
+            q, s = quantize_symmetric(w.transpose(0, axis), GENERATOR_BITS, per_channel=True)
+            codes = q.transpose(0, axis).numpy().astype(np.int64)
+            scales = s.double().numpy()
+        out[key] = (codes, scales)
+    return out
+
+
+def _affine(op: Op, model: nn.Module, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(g, B): the conv/linear output y is g * (x conv W) + B per channel (conv bias and BatchNorm folded)."""
+    mods = dict(model.named_modules())
+    m = mods[op.module]
+    b = m.bias.detach().double().numpy() if getattr(m, "bias", None) is not None else np.zeros(channels)
+    g, shift = np.ones(channels), np.zeros(channels)
+    if "bn" in op.attrs:
+        bn = mods[op.attrs["bn"]]
+        gt = bn.weight.detach().double() / torch.sqrt(bn.running_var.detach().double() + bn.eps)
+        g, shift = gt.numpy(), (bn.bias.detach().double() - gt * bn.running_mean.detach().double()).numpy()
+    return g, g * b + shift
+
+
+def calibrate(prog: Program, model: nn.Module, x_calib: torch.Tensor, image: WeightImage | None = None) -> Program:
+    """Fill in `prog`'s scales and integer parameters in place (and return it), from the float model on
+    `x_calib` [N, C, H, W] in [-1, 1]."""
+    if prog.weights_from_image and image is None:
+        raise NfedgeError("integer mode: calibrating a base model needs its memory image")
+    weights = program_weights(prog, model, image)
+    for op in prog.ops:
+        if op.kind in ("conv", "linear"):
+            codes, _ = weights[prog.weight_key(op)]
+            channels = codes.shape[_out_channel_axis(op)]
+            op.params["g"], op.params["B"] = _affine(op, model, channels)
+    prog.weight_scales = {k: s for k, (_, s) in weights.items()}
+    prog.constants = {} if prog.weights_from_image else {k: c for k, (c, _) in weights.items()}
+    amax, shapes = {}, {}
+    with torch.no_grad():
+        run_float(prog, x_calib, weights, fake_quant=False, observe=(amax, shapes))
+    scales = {INPUT: INPUT_SCALE}
+    for op in prog.ops:
+        s_in = [scales[i] for i in op.inputs]
+        if op.kind in ("maxpool", "upsample", "flatten"):
+            scales[op.output] = s_in[0]
+        elif op.kind == "concat":
+            scales[op.output] = max(s_in)
+        elif op.activation == "tanh":
+            op.params["pre_scale"] = _act_scale(amax[op.output + ":pre"], op)
+            scales[op.output] = TANH_SCALE
+        elif op.output == prog.output and op.kind == "linear" and op.activation == "none":
+            scales[op.output] = max(amax[op.output], 1e-12) / LOGIT_RESOLUTION
+        else:
+            scales[op.output] = _act_scale(amax[op.output], op)
+        _integer_params(prog, op, s_in, scales[op.output], shapes)
+    prog.scales = scales
+    return prog
+
+
+def _act_scale(a: float, op: Op) -> float:
+    if not a > 0 or not math.isfinite(a):
+        raise NfedgeError(f"integer mode: the output of {op.module or op.output} is always zero on the calibration "
+                          "set; calibrate on more images")
+    return a / ACT_QMAX
+
+
+def _integer_params(prog: Program, op: Op, s_in: list[float], s_out: float, shapes: dict) -> None:
+    p = op.params
+    if op.kind in ("conv", "linear"):
+        sw = prog.weight_scales[prog.weight_key(op)]
+        acc_scale = p["g"] * s_in[0] * sw
+        if np.any(np.abs(acc_scale) < 1e-30):
+            raise NfedgeError(f"integer mode: {op.module}: a channel's BatchNorm scale is zero; fold it away first")
+        target = p.get("pre_scale", s_out)
+        mult = [quantize_multiplier(f) for f in acc_scale / target]
+        p["sign"], p["mult"], p["shift"] = (np.array(v, dtype=np.int64) for v in zip(*mult))
+        p["bias_q"] = quantize_bias(p["B"], acc_scale)
+        final = op.output == prog.output and op.kind == "linear" and op.activation == "none"
+        p["lo"], p["hi"] = (INT32_MIN, INT32_MAX) if final else (0 if op.activation == "relu" else INT8_MIN, INT8_MAX)
+        if op.activation == "tanh":
+            q = np.arange(INT8_MIN, INT8_MAX + 1)
+            p["lut"] = quantize_to_int8(np.tanh(q * p["pre_scale"]), TANH_SCALE)
+    elif op.kind == "avgpool":
+        hw = shapes[op.inputs[0]][2] * shapes[op.inputs[0]][3]
+        op.attrs["hw"] = int(hw)
+        p["sign"], p["mult"], p["shift"] = quantize_multiplier(s_in[0] / (hw * s_out))
+    elif op.kind == "concat":
+        p["mults"] = [quantize_multiplier(s / s_out) for s in s_in]

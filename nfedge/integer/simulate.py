@@ -1,0 +1,96 @@
+"""The float twin of an integer program: the same operators on real values, either plain (what calibration
+observes) or fake-quantized (every tensor rounded to its integer grid, round half up with a straight-through
+gradient), which reproduces the integer reference to within one step of each tensor's grid and can be
+trained through (the generator's EOPM loss behind an integer base model)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nfedge.integer.program import INPUT, Op, Program
+from nfedge.integer.scheme import INT8_MAX, INT8_MIN
+
+
+class _RoundHalfUpSTE(torch.autograd.Function):
+    """floor(x + 0.5) (the integer path's rounding) with an identity gradient."""
+
+    @staticmethod
+    def forward(ctx, x):  # noqa: D401
+        return torch.floor(x + 0.5)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+def fake_quantize(x: torch.Tensor, scale: float, lo: int = INT8_MIN, hi: int = INT8_MAX) -> torch.Tensor:
+    return torch.clamp(_RoundHalfUpSTE.apply(x / scale), lo, hi) * scale
+
+
+def real_weight(codes: np.ndarray, scales: np.ndarray, axis: int, like: torch.Tensor) -> torch.Tensor:
+    shape = [1] * codes.ndim
+    shape[axis] = -1
+    return torch.from_numpy(codes).to(like.dtype) * torch.from_numpy(scales).to(like.dtype).reshape(shape)
+
+
+def _channels(v: np.ndarray, y: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(v, dtype=np.float64)).to(y.dtype).reshape(1, -1, *([1] * (y.dim() - 2)))
+
+
+def run_float(prog: Program, x: torch.Tensor, weights: dict[str, tuple[np.ndarray, np.ndarray]], fake_quant: bool,
+              observe: tuple[dict, dict] | None = None) -> torch.Tensor:
+    """The program on real inputs x [N, C, H, W]. `weights`: {key: (codes, per-channel scales)}. With `observe`
+    = (amax, shapes), records max|tensor| (and ":pre" before a tanh) and every tensor's shape."""
+    t = {INPUT: fake_quantize(x, prog.scales[INPUT]) if fake_quant else x}
+    amax, shapes = observe if observe is not None else ({}, {})
+    shapes[INPUT] = tuple(x.shape)
+
+    def seen(name, v):
+        if observe is not None:
+            amax[name] = max(amax.get(name, 0.0), float(v.detach().abs().max()))
+
+    for op in prog.ops:
+        y = float_op(prog, op, [t[i] for i in op.inputs], weights, fake_quant, seen)
+        seen(op.output, y)
+        shapes[op.output] = tuple(y.shape)
+        t[op.output] = y
+    return t[prog.output]
+
+
+def float_op(prog: Program, op: Op, a: list[torch.Tensor], weights: dict[str, tuple[np.ndarray, np.ndarray]],
+             fake_quant: bool, seen=lambda name, v: None) -> torch.Tensor:
+    """One operator on real inputs (fake-quantized to its output grid when asked)."""
+    p, s = op.params, prog.scales
+    if op.kind in ("conv", "linear"):
+        codes, scales = weights[prog.weight_key(op)]
+        transposed = op.attrs.get("transposed", False)
+        w = real_weight(codes, scales, 1 if transposed else 0, a[0])
+        if op.kind == "linear":
+            y = a[0] @ w.T
+        elif transposed:
+            y = F.conv_transpose2d(a[0], w, stride=op.attrs["stride"], padding=op.attrs["padding"],
+                                   output_padding=op.attrs["output_padding"])
+        else:
+            y = F.conv2d(a[0], w, stride=op.attrs["stride"], padding=op.attrs["padding"])
+        y = y * _channels(p["g"], y) + _channels(p["B"], y)
+        if op.activation == "tanh":
+            seen(op.output + ":pre", y)
+            y = torch.tanh(fake_quantize(y, p["pre_scale"]) if fake_quant else y)
+        elif op.activation == "relu" and not fake_quant:
+            y = torch.relu(y)
+        return fake_quantize(y, s[op.output], p["lo"], p["hi"]) if fake_quant else y
+    if op.kind == "maxpool":
+        return F.max_pool2d(a[0], op.attrs["kernel"])
+    if op.kind == "avgpool":
+        y = a[0].mean(dim=(2, 3), keepdim=True)
+        return fake_quantize(y, s[op.output]) if fake_quant else y
+    if op.kind == "upsample":
+        return a[0].repeat_interleave(op.attrs["factor"], 2).repeat_interleave(op.attrs["factor"], 3)
+    if op.kind == "concat":
+        y = torch.cat(a, dim=1)
+        return fake_quantize(y, s[op.output]) if fake_quant else y
+    if op.kind == "flatten":
+        return a[0].flatten(1)
+    raise AssertionError(op.kind)  # trace_program emits only the kinds above
