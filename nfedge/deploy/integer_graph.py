@@ -1,0 +1,148 @@
+"""The integer Relax graphs of an integer program (docs/INTEGER.md), built directly (TVM's ONNX importer
+takes no QLinearConv, and its QDQ import folds weights back to float).
+
+    mods = integer_relax_graphs(base_prog, (1, 32, 32), image, generator_prog)
+    "base":      (x: int8 [N, C, H, W], image: int8 [image bytes]) -> int32 logits [N, K]
+    "generator": (x: int8 [N, C, H, W]) -> F(x) = clip(x + G(x), -1, 1) as int8 at the input scale
+The base model slices its int8 codes out of the ONE flat image input on every inference, so one compiled
+artifact runs against every faulty image; the generator's codes are constants (flash). Every operator is
+the reference's formula: conv2d / conv2d_transpose / matmul with int8 operands and out_dtype int32, the
+int32 bias and the TOSA rescale in int64 ((acc * sign*M + 2^(shift-1)) >> shift), saturation by
+maximum/minimum, int8 max pooling, int32 sums, int8 repeats and concats, a 256-entry table for tanh.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from nfedge.errors import NfedgeError
+from nfedge.integer.program import INPUT, Op, Program
+from nfedge.integer.reference import front_factors
+from nfedge.integer.scheme import INT8_MAX, INT8_MIN, INT32_MIN
+from nfedge.sram.image import WeightImage
+
+__all__ = ["integer_relax_graphs"]
+
+
+def _const(v, dtype: str):
+    from tvm import relax
+
+    return relax.const(np.asarray(v, dtype=dtype), dtype)
+
+
+def _rescale(bb, x, sign, mult, shift, lo: int, hi: int, out_dtype: str, channel_axis_ndim: int | None):
+    """saturate((x * sign*M + 2^(shift-1)) >> shift) in int64, then cast; per channel when ndim is given."""
+    from tvm import relax
+
+    def shaped(v):
+        a = np.asarray(v, dtype=np.int64)
+        if channel_axis_ndim is not None and a.ndim:
+            a = a.reshape(1, -1, *([1] * (channel_axis_ndim - 2)))
+        return a
+
+    sm = shaped(np.asarray(sign, dtype=np.int64) * np.asarray(mult, dtype=np.int64))
+    sh = shaped(shift)
+    y = x if str(x.ty.dtype) == "int64" else bb.emit(relax.op.astype(x, "int64"))
+    y = bb.emit(relax.op.multiply(y, _const(sm, "int64")))
+    y = bb.emit(relax.op.add(y, _const(np.left_shift(np.int64(1), sh - 1), "int64")))
+    y = bb.emit(relax.op.right_shift(y, _const(sh, "int64")))
+    y = bb.emit(relax.op.maximum(y, _const(lo, "int64")))
+    y = bb.emit(relax.op.minimum(y, _const(hi, "int64")))
+    return bb.emit(relax.op.astype(y, out_dtype))
+
+
+def _weight(bb, prog: Program, op: Op, image_var, entries: dict[str, Any]):
+    from tvm import relax
+
+    key = prog.weight_key(op)
+    if not prog.weights_from_image:
+        return _const(prog.constants[key], "int8")
+    t = entries[key]
+    w = bb.emit(relax.op.strided_slice(image_var, axes=[0], begin=[t.offset], end=[t.offset + t.numel]))
+    return bb.emit(relax.op.reshape(w, t.shape))
+
+
+def _emit_program(bb, prog: Program, x, image_var, entries):
+    from tvm import relax
+
+    t = {INPUT: x}
+    for op in prog.ops:
+        a = [t[i] for i in op.inputs]
+        p = op.params
+        if op.kind in ("conv", "linear"):
+            w = _weight(bb, prog, op, image_var, entries)
+            if op.kind == "linear":
+                acc = bb.emit(relax.op.matmul(a[0], relax.op.permute_dims(w, [1, 0]), out_dtype="int32"))
+            elif op.attrs.get("transposed"):
+                acc = bb.emit(relax.op.nn.conv2d_transpose(a[0], w, strides=op.attrs["stride"],
+                                                           padding=op.attrs["padding"],
+                                                           output_padding=op.attrs["output_padding"],
+                                                           kernel_layout="IOHW", out_dtype="int32"))
+            else:
+                acc = bb.emit(relax.op.nn.conv2d(a[0], w, strides=op.attrs["stride"], padding=op.attrs["padding"],
+                                                 out_dtype="int32"))
+            ndim = 2 if op.kind == "linear" else 4
+            bias = np.asarray(p["bias_q"], dtype=np.int64).reshape(1, -1, *([1] * (ndim - 2)))
+            acc = bb.emit(relax.op.add(relax.op.astype(acc, "int64"), _const(bias, "int64")))
+            final = p["lo"] == INT32_MIN
+            y = _rescale(bb, acc, p["sign"], p["mult"], p["shift"], p["lo"], p["hi"],
+                         "int32" if final else "int8", ndim)
+            if op.activation == "tanh":
+                idx = bb.emit(relax.op.add(relax.op.astype(y, "int32"), _const(-INT8_MIN, "int32")))
+                y = bb.emit(relax.op.take(_const(p["lut"], "int8"), idx, axis=0))
+        elif op.kind == "maxpool":
+            k = op.attrs["kernel"]
+            y = bb.emit(relax.op.nn.max_pool2d(a[0], pool_size=k, strides=k))
+        elif op.kind == "avgpool":
+            s = bb.emit(relax.op.sum(relax.op.astype(a[0], "int32"), axis=[2, 3], keepdims=True))
+            y = _rescale(bb, s, p["sign"], p["mult"], p["shift"], INT8_MIN, INT8_MAX, "int8", None)
+        elif op.kind == "upsample":
+            f = op.attrs["factor"]
+            y = bb.emit(relax.op.repeat(relax.op.repeat(a[0], f, axis=2), f, axis=3))
+        elif op.kind == "concat":
+            parts = [_rescale(bb, v, sg, m, sh, INT8_MIN, INT8_MAX, "int8", None) for v, (sg, m, sh) in zip(a, p["mults"])]
+            y = bb.emit(relax.op.concat(parts, axis=1))
+        elif op.kind == "flatten":
+            y = bb.emit(relax.op.reshape(a[0], [a[0].ty.shape[0], -1]))
+        else:
+            raise NfedgeError(f"integer build: operator {op.kind} has no Relax form")
+        t[op.output] = y
+    return t[prog.output]
+
+
+def integer_relax_graphs(base: Program, input_shape: tuple[int, int, int], image: WeightImage,
+                         generator: Program | None = None, batch: int = 1) -> dict[str, Any]:
+    """The Relax programs an integer bundle compiles (see the module doc)."""
+    from tvm import relax
+
+    if not base.calibrated or (generator is not None and not generator.calibrated):
+        raise NfedgeError("integer build: calibrate the programs first")
+    entries = {t.name: t for t in image.manifest.tensors}
+    missing = sorted(set(base.weight_scales) - set(entries))
+    if missing:
+        raise NfedgeError(f"integer build: the image lacks weight(s) {', '.join(missing)}")
+    shape = (batch, *input_shape)
+    mods = {}
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "int8"))
+    img = relax.Var("image", relax.TensorType((image.manifest.total_bytes,), "int8"))
+    with bb.function("main", [x, img]):
+        with bb.dataflow():
+            out = bb.emit_output(_emit_program(bb, base, x, img, entries))
+        bb.emit_func_output(out)
+    mods["base"] = bb.get()
+    if generator is not None:
+        bb = relax.BlockBuilder()
+        x = relax.Var("x", relax.TensorType(shape, "int8"))
+        with bb.function("main", [x]):
+            with bb.dataflow():
+                g = _emit_program(bb, generator, x, None, {})
+                mx, mg, shift = front_factors(generator)
+                acc = bb.emit(relax.op.add(relax.op.multiply(relax.op.astype(x, "int64"), _const(mx, "int64")),
+                                           relax.op.multiply(relax.op.astype(g, "int64"), _const(mg, "int64"))))
+                out = bb.emit_output(_rescale(bb, acc, 1, 1, shift, -INT8_MAX, INT8_MAX, "int8", None))
+            bb.emit_func_output(out)
+        mods["generator"] = bb.get()
+    return mods
