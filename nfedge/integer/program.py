@@ -161,3 +161,56 @@ def trace_program(model: nn.Module, weights_from_image: bool) -> Program:
         else:
             raise NfedgeError(f"integer mode: operation {node.target} ({node.op}) is not supported")
     return Program(ops=ops, output=out, weights_from_image=weights_from_image)
+
+
+PROGRAM_FORMAT, PROGRAM_VERSION = "nfedge-integer-program", 1
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return {"__array__": v.tolist(), "dtype": str(v.dtype)}
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating,)):
+        return float(v)
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+def _unplain(v: Any) -> Any:
+    if isinstance(v, dict) and "__array__" in v:
+        return np.asarray(v["__array__"], dtype=v["dtype"])
+    if isinstance(v, dict):
+        return {k: _unplain(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_unplain(x) for x in v]
+    return v
+
+
+def program_to_dict(prog: Program) -> dict[str, Any]:
+    """JSON-ready: every number exact (ints as ints, floats by repr), arrays with their dtype."""
+    return {"format": PROGRAM_FORMAT, "version": PROGRAM_VERSION, "output": prog.output,
+            "weights_from_image": prog.weights_from_image, "scales": _plain(prog.scales),
+            "constants": _plain(prog.constants), "weight_scales": _plain(prog.weight_scales),
+            "ops": [_plain(dataclasses.asdict(op)) for op in prog.ops]}
+
+
+def program_from_dict(d: dict[str, Any], what: str = "integer program") -> Program:
+    if not isinstance(d, dict) or d.get("format") != PROGRAM_FORMAT or d.get("version") != PROGRAM_VERSION:
+        raise NfedgeError(f"{what}: not an {PROGRAM_FORMAT} version {PROGRAM_VERSION}")
+    try:
+        ops = []
+        for o in d["ops"]:
+            params = _unplain(o["params"])
+            if "mults" in params:
+                params["mults"] = [tuple(int(v) for v in m) for m in params["mults"]]
+            ops.append(Op(kind=str(o["kind"]), inputs=[str(i) for i in o["inputs"]], output=str(o["output"]),
+                          module=str(o["module"]), attrs=dict(o["attrs"]), activation=str(o["activation"]), params=params))
+        return Program(ops=ops, output=str(d["output"]), weights_from_image=bool(d["weights_from_image"]),
+                       scales={k: float(v) for k, v in d["scales"].items()}, constants=_unplain(d["constants"]),
+                       weight_scales=_unplain(d["weight_scales"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise NfedgeError(f"{what}: malformed ({type(e).__name__}: {e})") from None

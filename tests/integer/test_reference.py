@@ -115,3 +115,16 @@ def test_a_base_program_needs_its_image():
     model = cnn_xs_with_bn_stats(0)
     with pytest.raises(NfedgeError, match="memory image"):
         calibrate(trace_program(model, True), model, _inputs(4))
+
+
+def test_programs_survive_json_exactly(base):
+    import json
+
+    from nfedge.integer.program import program_from_dict, program_to_dict
+
+    model, image, prog = base
+    again = program_from_dict(json.loads(json.dumps(program_to_dict(prog))))
+    x_q = quantize_to_int8(_inputs(8, 9).numpy(), INPUT_SCALE)
+    assert np.array_equal(run_integer(again, x_q, image_codes(again, image)), run_integer(prog, x_q, image_codes(prog, image)))
+    with pytest.raises(NfedgeError, match="not an nfedge-integer-program"):
+        program_from_dict({"format": "x"})
