@@ -94,9 +94,15 @@ def main() -> None:
     step_unfolded = step(lambda: eopm_loss(gen, [(model, clean, perturbed)], x, y, lam=5.0))  # what folding adds
     step_loop = step(lambda: straightforward_loss(gen, model_with_grads, clean, perturbed, x, y, 5.0))
 
+    def bf16_loss():  # the training loop's --precision bf16: the same folded step under bfloat16 autocast
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return eopm_loss(gen, [(folded.module, folded_clean, [folded.weights(w) for w in perturbed])], x, y, lam=5.0)
+
+    step_bf16 = step(bf16_loss)
+
     gen.eval()  # fixed BN statistics so both sides compute the same function
-    res = timed({"nfedge": step_nfedge, "loop": step_loop, "unfolded": step_unfolded}, a.repeats)
-    (t_nf, l_nf), (t_lp, l_lp), (t_uf, l_uf) = res["nfedge"], res["loop"], res["unfolded"]
+    res = timed({"nfedge": step_nfedge, "loop": step_loop, "unfolded": step_unfolded, "bf16": step_bf16}, a.repeats)
+    (t_nf, l_nf), (t_lp, l_lp), (t_uf, l_uf), (t_bf, l_bf) = res["nfedge"], res["loop"], res["unfolded"], res["bf16"]
     assert abs(l_nf - l_lp) <= 1e-3 * abs(l_lp) and abs(l_uf - l_lp) <= 1e-3 * abs(l_lp), (l_nf, l_uf, l_lp)
     print(f"# EOPM step: base {a.base}, generator {a.generator}, N={a.n}, batch {a.batch}, BER {a.ber}; "
           f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
@@ -105,7 +111,9 @@ def main() -> None:
           f"{l_nf:.5f} |")
     print(f"| nfedge without BN folding | {t_uf:.2f} | {l_uf:.5f} |")
     print(f"| straightforward (N deep copies per step) | {t_lp:.2f} | {l_lp:.5f} |")
-    print(f"\nspeed-up {t_lp / t_nf:.2f}x (without folding {t_lp / t_uf:.2f}x); fault injection (both, untimed) {t_inject * 1e3:.0f} ms per perturbed model")
+    print(f"| nfedge, --precision bf16 (autocast) | {t_bf:.2f} | {l_bf:.5f} |")
+    print(f"\nspeed-up {t_lp / t_nf:.2f}x (without folding {t_lp / t_uf:.2f}x); bf16 over fp32 {t_nf / t_bf:.2f}x; "
+          f"fault injection (both, untimed) {t_inject * 1e3:.0f} ms per perturbed model")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from nfedge.train.checkpoint import atomic_torch_save, load_torch_file
 from nfedge.train.perturb import fold_batchnorm, forward_many, perturbed_weights, training_chips
 
 GENERATOR_FORMAT = "nfedge-generator"
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +63,7 @@ class EOPMConfig(StageConfig):
     device: str = "auto"
     init: str = "identity"  # identity: G(x) = 0 at step 0, so F(x) = x and CA(NF) starts at CA; or "default"
     init_from: str | None = None  # continue from this generator checkpoint's weights (fresh Adam state and LR schedule)
+    precision: str = "fp32"  # fp32 | bf16: torch.autocast to bfloat16 for the step's passes (CPU and CUDA)
 
     def validate(self) -> None:
         require(self.generator in GENERATORS, f"unknown generator {self.generator!r}; known: {', '.join(GENERATORS.names())}")
@@ -70,6 +72,7 @@ class EOPMConfig(StageConfig):
         require(self.n_perturbed >= 1 and self.epochs >= 1 and self.batch_size >= 1, "n_perturbed, epochs, batch_size must be >= 1")
         require(self.lam >= 0 and self.lr > 0, "lam must be >= 0 and lr > 0")
         require(self.init in ("identity", "default"), f"init must be identity or default, got {self.init!r}")
+        require(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     def inject_config(self, chip: int) -> InjectConfig:
         return InjectConfig(fault=self.fault, ber=self.ber, voltage=self.voltage, chip=chip,
@@ -162,7 +165,10 @@ def train_generator(cfg: EOPMConfig, bases: list[tuple[nn.Module, WeightImage]],
                 pw = [fb.weights(perturbed_weights(image, cfg.inject_config(c)))
                       for c in training_chips(chip_rng, cfg.n_perturbed)]
                 parts.append((fb.module, cw, [{k: v.to(device) for k, v in w.items()} for w in pw]))
-            loss = eopm_loss(model_g, parts, x, y, cfg.lam, rank, world)
+            # bf16: convs and matmuls of the N + 1 forward and input-gradient passes in bfloat16 (autocast keeps
+            # the loss and the reductions it lists in float32); the generator's parameters and Adam stay fp32
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+                loss = eopm_loss(model_g, parts, x, y, cfg.lam, rank, world)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
