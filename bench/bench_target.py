@@ -1,9 +1,11 @@
 """Benchmark: instructions per inference (and per MAC) of base model and generator on emulated Cortex-M.
 
-Builds `--base` + `--generator` (random weights, 8 bits, 1x32x32) for each target, runs one sample
-under QEMU -icount (deterministic SysTick counts) and prints a Markdown table.
+Builds `--base` + `--generator` (random weights, 8 bits, 1x32x32) for each target and each lowering
+schedule (nfedge.deploy.lower.SCHEDULES: "none" = as fused, "inline" = epilogues folded into their
+producers), runs one sample under QEMU -icount (deterministic SysTick counts) and prints a Markdown table.
 
     .venv/bin/python bench/bench_target.py [--base cnn-s] [--generator ConvT] [--targets cortex-m55 cortex-m4]
+                                           [--schedules none inline]
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from nfedge.analysis.dataflow import count_macs
 from nfedge.deploy.build import BuildConfig, build_for_target
 from nfedge.deploy.harness import run_on_target
+from nfedge.deploy.lower import SCHEDULES
 from nfedge.models import create_base_model, create_generator
 from nfedge.sram.image import build_image
 
@@ -26,6 +29,8 @@ def main() -> None:
     ap.add_argument("--base", default="cnn-s")
     ap.add_argument("--generator", default="ConvT")
     ap.add_argument("--targets", nargs="+", default=["cortex-m55", "cortex-m4"])
+    ap.add_argument("--schedules", nargs="+", choices=SCHEDULES, default=list(SCHEDULES),
+                    help="lowering schedules to compare side by side (default: all)")
     a = ap.parse_args()
     torch.manual_seed(0)
     base = create_base_model(a.base, in_channels=1, num_classes=10).eval()
@@ -34,15 +39,18 @@ def main() -> None:
     macs_b, macs_g = count_macs(base, (1, 32, 32)), count_macs(gen, (1, 32, 32))
     x = (np.random.default_rng(0).random((1, 1, 32, 32), dtype=np.float32) * 2 - 1)
     print(f"# {a.base} ({macs_b:,} MACs) + {a.generator} ({macs_g:,} MACs), 8-bit weights, batch 1")
-    print("| target | base instr | base instr/MAC | generator instr | generator instr/MAC | overhead | est. ms at clock |")
-    print("|---|---|---|---|---|---|---|")
+    print("| target | schedule | base instr | base instr/MAC | generator instr | generator instr/MAC | overhead "
+          "| est. ms at clock |")
+    print("|---|---|---|---|---|---|---|---|")
     for t in a.targets:
-        with tempfile.TemporaryDirectory() as d:
-            b = build_for_target(BuildConfig(target=t), base, image, gen, d)
-            r = run_on_target(b, image.codes.tobytes(), x)
-            ib, ig = int(r.instructions_base[0]), int(r.instructions_generator[0])
-            ms = 1e3 * (r.estimated_seconds_base + r.estimated_seconds_generator)
-            print(f"| {t} | {ib:,} | {ib / macs_b:.2f} | {ig:,} | {ig / macs_g:.2f} | {ig / ib:.1%} | {ms:.0f} |")
+        for sched in a.schedules:
+            with tempfile.TemporaryDirectory() as d:
+                b = build_for_target(BuildConfig(target=t, schedule=sched), base, image, gen, d)
+                r = run_on_target(b, image.codes.tobytes(), x)
+                ib, ig = int(r.instructions_base[0]), int(r.instructions_generator[0])
+                ms = 1e3 * (r.estimated_seconds_base + r.estimated_seconds_generator)
+                print(f"| {t} | {sched} | {ib:,} | {ib / macs_b:.2f} | {ig:,} | {ig / macs_g:.2f} | {ig / ib:.1%} "
+                      f"| {ms:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

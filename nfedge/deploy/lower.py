@@ -7,6 +7,7 @@ fused element-wise epilogues into their producer loops).
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -16,7 +17,8 @@ from nfedge.deploy.export import ImageWeightedModel, NeuralFuseFront, image_tens
 from nfedge.errors import NfedgeError
 from nfedge.sram.image import WeightImage
 
-__all__ = ["SCHEDULES", "relax_graphs", "lower_relax", "apply_inline_schedule"]
+__all__ = ["SCHEDULES", "relax_graphs", "lower_relax", "apply_inline_schedule", "inline_primfunc",
+           "ScheduleWarning"]
 
 SCHEDULES = ("none", "inline")
 
@@ -33,8 +35,6 @@ def relax_graphs(input_shape: tuple[int, int, int], base_model: nn.Module, image
 
 
 def _export_relax(module: nn.Module, args: tuple[torch.Tensor, ...]):
-    import warnings
-
     from tvm.relax.frontend.torch import from_exported_program
 
     with torch.no_grad(), warnings.catch_warnings():
@@ -75,37 +75,93 @@ def lower_relax(mod, target, schedule: str = "inline"):
     return mod
 
 
+class ScheduleWarning(UserWarning):
+    """The inline schedule failed for one PrimFunc, which is then built unscheduled (correct, slower).
+
+    A user sees it on stderr (Python shows UserWarnings by default); the test suite turns it into an
+    error (pyproject.toml's filterwarnings matches the message prefix), so a schedule that stops working
+    fails the tests instead of silently costing speed (GitHub issue #11)."""
+
+
 def apply_inline_schedule(mod):
     """A minimal CPU schedule for unscheduled fused PrimFuncs: inline every injective intermediate
-    (padding, BatchNorm arithmetic, casts) and compute the element-wise epilogue of a reduction (conv,
-    matmul, pooling) right after each output element's reduction, so the fused operator keeps one
-    scalar instead of full-size intermediate tensors. Blocks that refuse a transformation stay as they
-    are (still correct, only slower). PrimFuncs already scheduled (by a tuning database) are left alone."""
+    (BatchNorm arithmetic, casts, reshapes) and compute the element-wise epilogue of a reduction (conv,
+    matmul, mean) right after each output element's reduction, so the fused operator keeps one scalar
+    instead of full-size intermediate tensors. Padding before a reduction stays a buffer (see
+    `inline_primfunc`). PrimFuncs already scheduled (by a tuning database) are left alone.
+
+    A PrimFunc whose schedule fails as a whole (TVM refuses it outright) keeps its unscheduled form and
+    gets a ScheduleWarning naming it; an error of this code itself (AttributeError, TypeError, ...)
+    propagates."""
     import tvm
-    from tvm import s_tir
 
     new_funcs = {}
     for gv, func in mod.functions.items():
         if not isinstance(func, tvm.tirx.PrimFunc) or (func.attrs and func.attrs.get("tirx.is_scheduled", False)):
             continue
         try:
-            sch = s_tir.Schedule(func)
-            _inline_all(sch)
-            new_funcs[gv] = sch.mod["main"]
-        except Exception:  # noqa: BLE001 - keep the unscheduled (correct) function
+            scheduled, _ = inline_primfunc(func)
+        except _schedule_failures() as e:
+            warnings.warn(f"{_WARNING_PREFIX} for {gv.name_hint}: {type(e).__name__}: {_first_line(e)}; "
+                          "it is built unscheduled (correct, slower)", ScheduleWarning, stacklevel=2)
             continue
+        new_funcs[gv] = scheduled
     for gv, f in new_funcs.items():
         mod[gv] = f
     return mod
 
 
-def _inline_all(sch) -> None:
+_WARNING_PREFIX = "inline schedule failed"  # pyproject.toml's filterwarnings matches this prefix: keep both
+
+
+def inline_primfunc(func):
+    """(scheduled PrimFunc, the transformations applied, e.g. ["compute_inline T_add", ...]).
+
+    The list is what the schedule claims to have done: empty means the function came back unchanged
+    (nothing it could fold, e.g. a single block). Raises TVM's ScheduleError or InternalError when TVM refuses the
+    function as a whole; refusals of single steps (a block that cannot be inlined) are skipped."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    steps = _inline_all(sch)
+    return sch.mod["main"], steps
+
+
+def _schedule_failures() -> tuple[type[BaseException], ...]:
+    """What TVM raises when it refuses a schedule: ScheduleError (a primitive's precondition does not
+    hold) and InternalError (an internal check failed). Both are TVM's, never a bug of this module;
+    TVM maps its other errors onto Python's builtins (AttributeError, IndexError, ...), which are not
+    caught here so that a programming error here is not mistaken for a refusal."""
+    import tvm
+    from tvm import s_tir
+
+    return (s_tir.ScheduleError, tvm.error.InternalError)
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0][:200] if s else ""
+
+
+def _inline_all(sch) -> list[str]:
+    """The three passes of the inline schedule on `sch`; returns the transformations it applied."""
+    from tvm import s_tir
+
+    refused = s_tir.ScheduleError  # the one error a refused step raises; anything else propagates
+    steps: list[str] = []
+
     def blocks():
-        root = sch.get_sblock("root")
-        return sch.get_child_blocks(root)
+        return sch.get_child_blocks(sch.get_sblock("root"))
+
+    def name(b) -> str:
+        return sch.get(b).name_hint
 
     def is_reduction(b) -> bool:
-        return any(int(iv.iter_type) != 0 for iv in sch.get(b).iter_vars)
+        return any(int(iv.iter_type) != 0 for iv in sch.get(b).iter_vars)  # IterVar.DataPar == 0
+
+    def write_shape(b) -> list[int] | None:
+        w = sch.get(b).writes  # TensorRegion in TVM 0.27: .source is the Buffer (.buffer before)
+        return [int(d) for d in w[0].source.shape] if len(w) == 1 else None
 
     changed = True
     while changed:  # 1. inline injective intermediates, except into a reduction (padding stays a
@@ -113,22 +169,26 @@ def _inline_all(sch) -> None:
         for b in blocks():
             if any(is_reduction(c) for c in sch.get_consumers(b)):
                 continue
+            n = name(b)
             try:
                 sch.compute_inline(b)
-                changed = True
-                break
-            except Exception:  # noqa: BLE001
+            except refused:  # an output block, a reduction, a block read by several others
                 continue
+            steps.append(f"compute_inline {n}")
+            changed = True
+            break
     changed = True
     while changed:  # 2. element-wise consumers into their producers (spatial producers)
         changed = False
         for b in blocks():
+            n = name(b)
             try:
                 sch.reverse_compute_inline(b)
-                changed = True
-                break
-            except Exception:  # noqa: BLE001
+            except refused:  # its producer is a reduction (step 3), or it is not element-wise
                 continue
+            steps.append(f"reverse_compute_inline {n}")
+            changed = True
+            break
     # 3. an epilogue after a reduction: compute it per output element, right after the reduction
     bl = blocks()
     for i, b in enumerate(bl[:-1]):
@@ -143,14 +203,15 @@ def _inline_all(sch) -> None:
             continue
         # reverse_compute_at only regenerates the consumer region that depends on the producer: a
         # consumer over a larger domain (padding after pooling) would silently lose its border
-        prod_w, cons_w = sch.get(b).writes, sch.get(bl[i + 1]).writes
-        if len(prod_w) != 1 or len(cons_w) != 1 or any(int(iv.iter_type) != 0 for iv in sch.get(bl[i + 1]).iter_vars):
+        consumer = bl[i + 1]
+        if is_reduction(consumer) or write_shape(b) is None or write_shape(b) != write_shape(consumer):
             continue
-        if [int(d) for d in prod_w[0].buffer.shape] != [int(d) for d in cons_w[0].buffer.shape]:
+        if not any(sch.get(p).same_as(sch.get(b)) for p in sch.get_producers(consumer)):
             continue
-        if not any(sch.get(p).same_as(sch.get(b)) for p in sch.get_producers(bl[i + 1])):
-            continue
+        n = name(consumer)
         try:
-            sch.reverse_compute_at(bl[i + 1], loops[n_spatial - 1], preserve_unit_loops=True)
-        except Exception:  # noqa: BLE001
+            sch.reverse_compute_at(consumer, loops[n_spatial - 1], preserve_unit_loops=True)
+        except refused:
             continue
+        steps.append(f"reverse_compute_at {n} under {name(b)}")
+    return steps
