@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from nfedge import stages
 from nfedge.config import StageConfig, require
+from nfedge.data.datasets import content_digest
 from nfedge.deploy.targets import load_target
 from nfedge.errors import NfedgeError
 from nfedge.fileio import atomic_write_json, sha256_file
@@ -71,6 +72,11 @@ def _table_key(cfg: RunConfig) -> tuple[Any, ...]:
     return () if cfg.calibration == DEFAULT_CALIBRATION else (dataclasses.asdict(load_calibration(cfg.calibration)),)
 
 
+def _data_key(cfg: RunConfig) -> tuple[Any, ...]:
+    digest = content_digest(cfg.base.data)  # a user's folder or npz: its files' content
+    return () if digest is None else (digest,)
+
+
 def _target_key(cfg: RunConfig) -> tuple[Any, ...]:
     is_file = cfg.target.endswith(".toml") or "/" in cfg.target
     return (load_target(cfg.target).to_dict() | {"source": None},) if is_file else ()
@@ -112,12 +118,13 @@ def run_pipeline(cfg: RunConfig, out_dir: str | Path, progress: Progress = DEFAU
     log: list[Stage] = []
     table = _table_key(cfg)
     if cfg.base_checkpoint is None:
-        base_key = _digest(cfg.base.to_dict())
+        base_key = _digest(cfg.base.to_dict(), *_data_key(cfg))
         base_dir = run_stage(root, "base", base_key, lambda d: stages.train_base_stage(cfg, d, progress), progress, log)
     else:
         if not Path(cfg.base_checkpoint).is_file():
             raise NfedgeError(f"base checkpoint {cfg.base_checkpoint} does not exist")
-        base_key = _digest("checkpoint", sha256_file(cfg.base_checkpoint), cfg.base.data.to_dict(), cfg.bits)
+        base_key = _digest("checkpoint", sha256_file(cfg.base_checkpoint), cfg.base.data.to_dict(), cfg.bits,
+                           *_data_key(cfg))
         base_dir = run_stage(root, "base", base_key, lambda d: stages.adopt_base_stage(cfg, d, progress), progress, log)
     image_key = _digest(base_key, cfg.bits)
     image_dir = run_stage(root, "image", image_key, lambda d: stages.quantize_stage(base_dir, cfg, d), progress, log)

@@ -49,3 +49,16 @@ def test_second_run_reuses_every_stage(run):
     again = run_pipeline(cfg, d / "out", progress=QUIET)
     assert [s["name"] for s in again["stages"]] == [s["name"] for s in first["stages"]]
     assert all(s["reused"] for s in again["stages"])
+
+
+def test_a_users_data_enters_the_base_key_by_content(tmp_path):
+    """Adding a file under the same data root changes the digest (nfedge run re-trains); named sets add nothing."""
+    from nfedge.data import DataConfig
+    from nfedge.data.datasets import content_digest
+
+    (tmp_path / "d.npz").write_bytes(b"one")
+    cfg = DataConfig(dataset="npz", root=str(tmp_path))
+    first = content_digest(cfg)
+    (tmp_path / "extra.txt").write_bytes(b"two")
+    assert content_digest(cfg) != first and len(first) == 64
+    assert content_digest(DataConfig()) is None

@@ -1,4 +1,4 @@
-"""Datasets: Fashion-MNIST, CIFAR-10, CIFAR-100 and GTSRB as in-memory TensorDatasets.
+"""Datasets: Fashion-MNIST, CIFAR-10, CIFAR-100, GTSRB and a user's own (folder, npz) as in-memory TensorDatasets.
 
 Every dataset is scaled to [-1, 1] exactly as the NeuralFuse paper does (x / 255 * 2 - 1, no
 mean/std normalisation): images are float32 NCHW tensors, labels int64. A user points `root` at a
@@ -14,20 +14,23 @@ what was expected.
   Kaggle layout (Train/<class>/, Test/ + Test.csv) also works. Images are resized to 32x32 (PIL,
   bilinear with antialiasing, as torchvision's Resize((32, 32)) used by NeuralFuse); they are NOT
   cropped to the ROI unless `crop_roi` is set.
+- folder / npz: a user's own data (nfedge.data.folder, nfedge.data.npz; docs/BRING_YOUR_OWN.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from nfedge.data import cifar, fashion_mnist, gtsrb  # noqa: F401 - registers the readers
+from nfedge.data import cifar, fashion_mnist, folder, gtsrb, npz  # noqa: F401 - registers the readers
 from nfedge.data.config import DATASETS, IMAGE_SIZE, DataConfig
 from nfedge.errors import NfedgeError
+from nfedge.fileio import sha256_file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,3 +87,19 @@ def _finish(x: np.ndarray, y: np.ndarray, num_classes: int, limit: int | None, s
         top, left = (IMAGE_SIZE - h) // 2, (IMAGE_SIZE - w) // 2
         images = torch.nn.functional.pad(images, (left, IMAGE_SIZE - w - left, top, IMAGE_SIZE - h - top), value=-1.0)
     return TensorDataset(images.contiguous(), torch.tensor(y))
+
+
+USER_FORMATS = ("folder", "npz")  # a user's files: their content, not their name, says what the data is
+
+
+def content_digest(cfg: DataConfig) -> str | None:
+    """sha256 over every file of a user's data set (folder, npz): a stage cache keyed on it re-runs when a file
+    is added, removed or changed under the same root. None for the named data sets (fixed releases)."""
+    if cfg.dataset.lower() not in USER_FORMATS or cfg.root is None:
+        return None
+    root = Path(cfg.root).expanduser()
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.relative_to(root) if f != root else f.name}\0{sha256_file(f)}\n".encode())
+    return h.hexdigest()

@@ -59,10 +59,10 @@ def qat_accuracy(model: torch.nn.Module, data, bits: int, per_channel: bool, dev
 
 def train_base(cfg: TrainBaseConfig, out_dir: str | Path, progress: Progress = DEFAULT) -> Path:
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
     gen = seed_everything(cfg.seed)
     train, test, info = load_dataset(cfg.data)
+    out.mkdir(parents=True, exist_ok=True)  # after the data loaded: a data error leaves no empty run folder
     model = create_base_model(cfg.model, in_channels=info.channels, num_classes=info.num_classes).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * -(-len(train) // cfg.batch_size)
@@ -71,7 +71,7 @@ def train_base(cfg: TrainBaseConfig, out_dir: str | Path, progress: Progress = D
     start = 0
     resume = out / "resume.pt"
     if resume.is_file():
-        state = torch.load(resume, map_location=device, weights_only=False)
+        state = torch.load(resume, map_location=device, weights_only=True)  # data only, even in our own folder
         if state["config_hash"] == cfg.config_hash():
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["opt"])

@@ -129,11 +129,11 @@ def test_scale_images_maps_ends_exactly():
 
 
 def test_list_datasets_and_config_validation():
-    assert list_datasets() == ["cifar10", "cifar100", "fashion-mnist", "gtsrb"]
+    assert list_datasets() == ["cifar10", "cifar100", "fashion-mnist", "folder", "gtsrb", "npz"]
     cfg = DataConfig(dataset="cifar10", root="/x", train_limit=10)
     assert DataConfig.from_json(cfg.to_json()) == cfg
     assert DataConfig().config_hash() != cfg.config_hash()
-    with pytest.raises(NfedgeError, match="unknown dataset 'mnist'; known: cifar10, cifar100, fashion-mnist, gtsrb"):
+    with pytest.raises(NfedgeError, match="unknown dataset 'mnist'; known: cifar10, cifar100, fashion-mnist, folder, gtsrb, npz"):
         DataConfig(dataset="mnist")
     with pytest.raises(NfedgeError, match="train_limit must be a positive integer"):
         DataConfig(train_limit=0)
