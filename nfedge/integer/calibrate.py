@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from nfedge.errors import NfedgeError
-from nfedge.integer.program import INPUT, Op, Program
+from nfedge.integer.program import INPUT, Op, Program, trace_program
 from nfedge.integer.scheme import (
     ACT_QMAX,
     INT8_MAX,
@@ -30,6 +30,7 @@ from nfedge.integer.scheme import (
     quantize_to_int8,
 )
 from nfedge.integer.simulate import run_float
+from nfedge.models.generators import neuralfuse_transform
 from nfedge.quant import quantize_symmetric
 from nfedge.sram.image import WeightImage
 
@@ -82,9 +83,11 @@ def _affine(op: Op, model: nn.Module, channels: int) -> tuple[np.ndarray, np.nda
     return g, g * b + shift
 
 
-def calibrate(prog: Program, model: nn.Module, x_calib: torch.Tensor, image: WeightImage | None = None) -> Program:
+def calibrate(prog: Program, model: nn.Module, x_calib: torch.Tensor, image: WeightImage | None = None,
+              ranges: dict[str, float] | None = None) -> Program:
     """Fill in `prog`'s scales and integer parameters in place (and return it), from the float model on
-    `x_calib` [N, C, H, W] in [-1, 1]."""
+    `x_calib` [N, C, H, W] in [-1, 1]. `ranges` (max|x| per tensor, e.g. frozen by quantization-aware training
+    and kept in the checkpoint) replace the observed ones where given."""
     if prog.weights_from_image and image is None:
         raise NfedgeError("integer mode: calibrating a base model needs its memory image")
     weights = program_weights(prog, model, image)
@@ -98,6 +101,8 @@ def calibrate(prog: Program, model: nn.Module, x_calib: torch.Tensor, image: Wei
     amax, shapes = {}, {}
     with torch.no_grad():
         run_float(prog, x_calib, weights, fake_quant=False, observe=(amax, shapes))
+    amax.update(ranges or {})
+    prog.ranges = dict(amax)
     scales = {INPUT: INPUT_SCALE}
     for op in prog.ops:
         s_in = [scales[i] for i in op.inputs]
@@ -146,3 +151,18 @@ def _integer_params(prog: Program, op: Op, s_in: list[float], s_out: float, shap
         p["sign"], p["mult"], p["shift"] = quantize_multiplier(s_in[0] / (hw * s_out))
     elif op.kind == "concat":
         p["mults"] = [quantize_multiplier(s / s_out) for s in s_in]
+
+
+CALIBRATION_IMAGES = 512  # default calibration set: a seeded subset of the training split
+
+
+def calibrate_programs(model: nn.Module, image: WeightImage, generators: dict[str, nn.Module],
+                       x_calib: torch.Tensor) -> dict[str, Program]:
+    """{"base": the base model's program, name: each generator's}. One base program serves the model alone and
+    behind every generator (the firmware holds one base model), so its ranges are observed on x and on F(x)."""
+    with torch.no_grad():
+        fronts = [neuralfuse_transform(g.eval(), x_calib) for g in generators.values()]
+    programs = {"base": calibrate(trace_program(model, True), model, torch.cat([x_calib, *fronts]), image=image)}
+    for name, g in generators.items():
+        programs[name] = calibrate(trace_program(g, False), g, x_calib)
+    return programs

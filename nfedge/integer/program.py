@@ -49,6 +49,7 @@ class Program:
     scales: dict[str, float] = dataclasses.field(default_factory=dict)  # tensor -> real scale (after calibration)
     constants: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # weight key -> int8 codes (generator)
     weight_scales: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # weight key -> per-channel scales
+    ranges: dict[str, float] = dataclasses.field(default_factory=dict)  # tensor -> max|x| the scales came from
 
     @property
     def calibrated(self) -> bool:
@@ -195,6 +196,7 @@ def program_to_dict(prog: Program) -> dict[str, Any]:
     return {"format": PROGRAM_FORMAT, "version": PROGRAM_VERSION, "output": prog.output,
             "weights_from_image": prog.weights_from_image, "scales": _plain(prog.scales),
             "constants": _plain(prog.constants), "weight_scales": _plain(prog.weight_scales),
+            "ranges": _plain(prog.ranges),
             "ops": [_plain(dataclasses.asdict(op)) for op in prog.ops]}
 
 
@@ -211,6 +213,7 @@ def program_from_dict(d: dict[str, Any], what: str = "integer program") -> Progr
                           module=str(o["module"]), attrs=dict(o["attrs"]), activation=str(o["activation"]), params=params))
         return Program(ops=ops, output=str(d["output"]), weights_from_image=bool(d["weights_from_image"]),
                        scales={k: float(v) for k, v in d["scales"].items()}, constants=_unplain(d["constants"]),
-                       weight_scales=_unplain(d["weight_scales"]))
+                       weight_scales=_unplain(d["weight_scales"]),
+                       ranges={k: float(v) for k, v in d.get("ranges", {}).items()})
     except (KeyError, TypeError, ValueError) as e:
         raise NfedgeError(f"{what}: malformed ({type(e).__name__}: {e})") from None

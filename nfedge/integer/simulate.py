@@ -32,17 +32,20 @@ def fake_quantize(x: torch.Tensor, scale: float, lo: int = INT8_MIN, hi: int = I
 def real_weight(codes: np.ndarray, scales: np.ndarray, axis: int, like: torch.Tensor) -> torch.Tensor:
     shape = [1] * codes.ndim
     shape[axis] = -1
-    return torch.from_numpy(codes).to(like.dtype) * torch.from_numpy(scales).to(like.dtype).reshape(shape)
+    return (torch.from_numpy(codes).to(like.device, like.dtype)
+            * torch.from_numpy(scales).to(like.device, like.dtype).reshape(shape))
 
 
-def _channels(v: np.ndarray, y: torch.Tensor) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(v, dtype=np.float64)).to(y.dtype).reshape(1, -1, *([1] * (y.dim() - 2)))
+def _channels(v: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(v, dtype=np.float64)).to(like.device, like.dtype)
 
 
-def run_float(prog: Program, x: torch.Tensor, weights: dict[str, tuple[np.ndarray, np.ndarray]], fake_quant: bool,
-              observe: tuple[dict, dict] | None = None) -> torch.Tensor:
+def run_float(prog: Program, x: torch.Tensor, weights: dict[str, tuple[np.ndarray, np.ndarray]] | None,
+              fake_quant: bool, observe: tuple[dict, dict] | None = None, live=None) -> torch.Tensor:
     """The program on real inputs x [N, C, H, W]. `weights`: {key: (codes, per-channel scales)}. With `observe`
-    = (amax, shapes), records max|tensor| (and ":pre" before a tanh) and every tensor's shape."""
+    = (amax, shapes), records max|tensor| (and ":pre" before a tanh) and every tensor's shape. With `live`
+    (op -> (real weight, g, B) as torch tensors, e.g. nfedge.integer.qat.LiveWeights) the layers take trainable
+    weights instead: quantization-aware training through the integer program."""
     t = {INPUT: fake_quantize(x, prog.scales[INPUT]) if fake_quant else x}
     amax, shapes = observe if observe is not None else ({}, {})
     shapes[INPUT] = tuple(x.shape)
@@ -52,21 +55,25 @@ def run_float(prog: Program, x: torch.Tensor, weights: dict[str, tuple[np.ndarra
             amax[name] = max(amax.get(name, 0.0), float(v.detach().abs().max()))
 
     for op in prog.ops:
-        y = float_op(prog, op, [t[i] for i in op.inputs], weights, fake_quant, seen)
+        y = float_op(prog, op, [t[i] for i in op.inputs], weights, fake_quant, seen, live)
         seen(op.output, y)
         shapes[op.output] = tuple(y.shape)
         t[op.output] = y
     return t[prog.output]
 
 
-def float_op(prog: Program, op: Op, a: list[torch.Tensor], weights: dict[str, tuple[np.ndarray, np.ndarray]],
-             fake_quant: bool, seen=lambda name, v: None) -> torch.Tensor:
+def float_op(prog: Program, op: Op, a: list[torch.Tensor], weights: dict[str, tuple[np.ndarray, np.ndarray]] | None,
+             fake_quant: bool, seen=lambda name, v: None, live=None) -> torch.Tensor:
     """One operator on real inputs (fake-quantized to its output grid when asked)."""
     p, s = op.params, prog.scales
     if op.kind in ("conv", "linear"):
-        codes, scales = weights[prog.weight_key(op)]
         transposed = op.attrs.get("transposed", False)
-        w = real_weight(codes, scales, 1 if transposed else 0, a[0])
+        if live is None:
+            codes, scales = weights[prog.weight_key(op)]
+            w = real_weight(codes, scales, 1 if transposed else 0, a[0])
+            g, b = _channels(p["g"], a[0]), _channels(p["B"], a[0])
+        else:
+            w, g, b = live(op)
         if op.kind == "linear":
             y = a[0] @ w.T
         elif transposed:
@@ -74,7 +81,8 @@ def float_op(prog: Program, op: Op, a: list[torch.Tensor], weights: dict[str, tu
                                    output_padding=op.attrs["output_padding"])
         else:
             y = F.conv2d(a[0], w, stride=op.attrs["stride"], padding=op.attrs["padding"])
-        y = y * _channels(p["g"], y) + _channels(p["B"], y)
+        shape = (1, -1, *([1] * (y.dim() - 2)))
+        y = y * g.reshape(shape).to(y.dtype) + b.reshape(shape).to(y.dtype)
         if op.activation == "tanh":
             seen(op.output + ":pre", y)
             y = torch.tanh(fake_quantize(y, p["pre_scale"]) if fake_quant else y)

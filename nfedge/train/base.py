@@ -17,10 +17,15 @@ import torch.nn.functional as F
 from nfedge.config import StageConfig, require
 from nfedge.data import DataConfig, load_dataset
 from nfedge.fileio import atomic_write_json
+from nfedge.integer.calibrate import calibrate
+from nfedge.integer.program import trace_program
+from nfedge.integer.qat import LiveWeights
+from nfedge.integer.simulate import run_float
 from nfedge.models import BASE_MODELS, create_base_model
 from nfedge.progress import DEFAULT, Progress
 from nfedge.quant import check_bits, fake_quantized_weights
 from nfedge.runtime import batches, pick_device, seed_everything
+from nfedge.sram.image import build_image
 from nfedge.train.checkpoint import atomic_torch_save, save_checkpoint
 
 
@@ -36,11 +41,21 @@ class TrainBaseConfig(StageConfig):
     weight_decay: float = 1e-4
     seed: int = 0  # initialisation and shuffling
     device: str = "auto"
+    # integer: after the weight QAT epochs, activation ranges are observed on `calib_images` seeded training images
+    # and frozen, then `integer_epochs` more epochs train through the integer program's fake-quantized twin
+    # (docs/INTEGER.md) at lr * integer_lr_factor; the frozen ranges are kept in the checkpoint
+    mode: str = "weight-only"
+    integer_epochs: int = 1
+    integer_lr_factor: float = 0.1
+    calib_images: int = 512
 
     def validate(self) -> None:
         require(self.model in BASE_MODELS, f"unknown base model {self.model!r}; known: {', '.join(BASE_MODELS.names())}")
         check_bits(self.bits)
         require(self.epochs >= 1 and self.batch_size >= 1 and self.lr > 0, "epochs, batch_size and lr must be positive")
+        require(self.mode in ("weight-only", "integer"), f"mode must be weight-only or integer, got {self.mode!r}")
+        require(self.integer_epochs >= 0 and self.integer_lr_factor > 0 and self.calib_images >= 1,
+                "integer_epochs >= 0, integer_lr_factor > 0 and calib_images >= 1 are required")
 
 
 def qat_logits(model: torch.nn.Module, x: torch.Tensor, bits: int, per_channel: bool) -> torch.Tensor:
@@ -100,7 +115,41 @@ def train_base(cfg: TrainBaseConfig, out_dir: str | Path, progress: Progress = D
                     "sched": sched.state_dict(), "gen": gen.get_state(), "history": history, "epoch": epoch + 1})
     meta = {"config": cfg.to_dict(), "history": history, "test_accuracy": history[-1]["test_accuracy"],
             "dataset": dataclasses.asdict(info)}
+    if cfg.mode == "integer":
+        meta["integer"] = integer_qat(model, train, test, cfg, gen, progress)
     save_checkpoint(out / "base.pt", model.cpu(), cfg.model, info.channels, info.num_classes, meta)
     atomic_write_json(out / "config.json", cfg.to_dict())
     resume.unlink(missing_ok=True)
     return out / "base.pt"
+
+
+def integer_qat(model: torch.nn.Module, train, test, cfg: TrainBaseConfig, gen: torch.Generator,
+                progress: Progress) -> dict:
+    """Observe activation ranges, freeze them, fine-tune through the integer twin; returns the checkpoint's
+    "integer" entry: the frozen ranges and the twin's test accuracy (BatchNorm statistics frozen: eval mode)."""
+    model.eval()
+    dev = next(model.parameters()).device
+    x_calib = train.tensors[0][torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))
+                               [: cfg.calib_images]]
+    prog = calibrate(trace_program(model, True), model.cpu(), x_calib, image=build_image(model, cfg.bits, cfg.per_channel))
+    model.to(dev)
+    live = LiveWeights(prog, model, cfg.bits, cfg.per_channel)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr * cfg.integer_lr_factor, weight_decay=cfg.weight_decay)
+    for epoch in range(cfg.integer_epochs):
+        bar = progress.manual(f"train-base {cfg.model} integer epoch {epoch + 1}/{cfg.integer_epochs}", total=len(train),
+                              unit="img")
+        for x, y in batches(train, cfg.batch_size, shuffle=True, generator=gen):
+            x, y = x.to(dev), y.to(dev)
+            loss = F.cross_entropy(run_float(prog, x, None, fake_quant=True, live=live), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            bar.update(len(x))
+        bar.close()
+    with torch.no_grad():
+        x, y = test.tensors
+        pred = torch.cat([run_float(prog, x[i: i + 1024].to(dev), None, fake_quant=True, live=live).argmax(1).cpu()
+                          for i in range(0, len(x), 1024)])
+    acc = float((pred == y).float().mean())
+    progress.info(f"integer twin: test accuracy {acc:.4f} (activation ranges frozen from {len(x_calib)} images)")
+    return {"ranges": prog.ranges, "twin_test_accuracy": acc, "calib_images": len(x_calib), "seed": cfg.seed}

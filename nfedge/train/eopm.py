@@ -28,17 +28,22 @@ from torch import nn
 
 from nfedge.config import StageConfig, require
 from nfedge.errors import NfedgeError
+from nfedge.integer.calibrate import CALIBRATION_IMAGES, INPUT_SCALE, calibrate, program_weights
+from nfedge.integer.program import trace_program
+from nfedge.integer.scheme import INT8_MAX
+from nfedge.integer.simulate import fake_quantize, run_float
 from nfedge.models import GENERATORS, create_generator
 from nfedge.models.generators import neuralfuse_transform
 from nfedge.progress import DEFAULT, Progress
 from nfedge.runtime import batches, pick_device, seed_everything
-from nfedge.sram.faults import FAULT_MODELS, InjectConfig
+from nfedge.sram.faults import FAULT_MODELS, InjectConfig, inject_faults
 from nfedge.sram.image import WeightImage
 from nfedge.train.checkpoint import atomic_torch_save, load_torch_file
 from nfedge.train.perturb import fold_batchnorm, forward_many, perturbed_weights, training_chips
 
 GENERATOR_FORMAT = "nfedge-generator"
 PRECISIONS = ("fp32", "bf16")
+MODES = ("weight-only", "integer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +69,8 @@ class EOPMConfig(StageConfig):
     init: str = "identity"  # identity: G(x) = 0 at step 0, so F(x) = x and CA(NF) starts at CA; or "default"
     init_from: str | None = None  # continue from this generator checkpoint's weights (fresh Adam state and LR schedule)
     precision: str = "fp32"  # fp32 | bf16: torch.autocast to bfloat16 for the step's passes (CPU and CUDA)
+    mode: str = "weight-only"  # integer: train against the base model's integer twin (what integer mode deploys)
+    calib_images: int = CALIBRATION_IMAGES  # integer mode: training images (seeded) that calibrate the base program
 
     def validate(self) -> None:
         require(self.generator in GENERATORS, f"unknown generator {self.generator!r}; known: {', '.join(GENERATORS.names())}")
@@ -73,24 +80,37 @@ class EOPMConfig(StageConfig):
         require(self.lam >= 0 and self.lr > 0, "lam must be >= 0 and lr > 0")
         require(self.init in ("identity", "default"), f"init must be identity or default, got {self.init!r}")
         require(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        require(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        require(self.calib_images >= 1, "calib_images must be >= 1")
 
     def inject_config(self, chip: int) -> InjectConfig:
         return InjectConfig(fault=self.fault, ber=self.ber, voltage=self.voltage, chip=chip,
                             stuck_at_one=self.stuck_at_one, calibration=self.calibration)
 
 
-def eopm_loss(generator: nn.Module, bases: list[tuple[nn.Module, dict, dict]], x: torch.Tensor, y: torch.Tensor,
-              lam: float, rank: int = 0, world: int = 1) -> torch.Tensor:
+def eopm_loss(generator: nn.Module, bases: list[tuple[Any, dict, list]], x: torch.Tensor, y: torch.Tensor,
+              lam: float, rank: int = 0, world: int = 1, integer: bool = False) -> torch.Tensor:
     """EOPM loss averaged over base models; each base is (model, clean weights, list of N perturbed weights).
 
-    With world > 1 the base passes use only this rank's slice rank::world of the transformed batch.
+    With world > 1 the base passes use only this rank's slice rank::world of the transformed batch. With
+    `integer`, each base is (its calibrated integer program, clean codes, N perturbed codes): the base runs as
+    its fake-quantized integer twin (what integer mode deploys), on x and F(x) rounded to the input's int8 grid.
     """
-    fx = neuralfuse_transform(generator, x)[rank::world]
+    if integer:
+        xq = fake_quantize(x, INPUT_SCALE)
+        fx = fake_quantize(neuralfuse_transform(generator, xq), INPUT_SCALE, -INT8_MAX, INT8_MAX)[rank::world]
+    else:
+        fx = neuralfuse_transform(generator, x)[rank::world]
     y = y[rank::world]
     total = fx.new_zeros(())
     for model, clean, perturbed in bases:
-        clean_loss = F.cross_entropy(torch.func.functional_call(model, clean, (fx,)), y)
-        pert = forward_many(model, perturbed, fx)  # [N, B, classes]
+        if integer:
+            clean_logits = run_float(model, fx, clean, fake_quant=True)
+            pert = torch.stack([run_float(model, fx, w, fake_quant=True) for w in perturbed])
+        else:
+            clean_logits = torch.func.functional_call(model, clean, (fx,))
+            pert = forward_many(model, perturbed, fx)  # [N, B, classes]
+        clean_loss = F.cross_entropy(clean_logits, y)
         n = pert.shape[0]
         pert_loss = F.cross_entropy(pert.reshape(-1, pert.shape[-1]), y.repeat(n))  # = mean_i CE_i
         total = total + clean_loss + lam * pert_loss
@@ -121,8 +141,11 @@ def _world() -> tuple[int, int]:
 
 
 def train_generator(cfg: EOPMConfig, bases: list[tuple[nn.Module, WeightImage]], train, in_channels: int,
-                    input_size: tuple[int, int], progress: Progress = DEFAULT) -> tuple[nn.Module, dict[str, Any]]:
-    """Train G on `bases` (relaxed: the deployed model; restricted: surrogates). Returns (G, history)."""
+                    input_size: tuple[int, int], progress: Progress = DEFAULT,
+                    base_ranges: list[dict[str, float] | None] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Train G on `bases` (relaxed: the deployed model; restricted: surrogates). Returns (G, history).
+    Integer mode calibrates each base's integer program on `cfg.calib_images` seeded training images, with the
+    activation ranges a quantization-aware checkpoint froze (`base_ranges`, one per base) where given."""
     if not bases:
         raise NfedgeError("EOPM needs at least one base model")
     rank, world = _world()
@@ -147,6 +170,12 @@ def train_generator(cfg: EOPMConfig, bases: list[tuple[nn.Module, WeightImage]],
         fb.module.to(device)
     clean = [{k: v.to(device) for k, v in fb.weights(img.dequantized_weights()).items()}
              for fb, (_, img) in zip(folded, bases)]
+    programs = []
+    if cfg.mode == "integer":
+        x_calib = train.tensors[0][torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))
+                                   [: cfg.calib_images]]
+        ranges = base_ranges or [None] * len(bases)
+        programs = [calibrate(trace_program(m, True), m, x_calib, image=img, ranges=r) for (m, img), r in zip(bases, ranges)]
     opt = torch.optim.Adam(model_g.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step_every, gamma=cfg.lr_gamma)
     history, step = [], 0
@@ -161,14 +190,19 @@ def train_generator(cfg: EOPMConfig, bases: list[tuple[nn.Module, WeightImage]],
                 break  # drop the last partial batch: every rank needs an equal slice
             x, y = x.to(device), y.to(device)
             parts = []
-            for fb, (_, image), cw in zip(folded, bases, clean):
-                pw = [fb.weights(perturbed_weights(image, cfg.inject_config(c)))
-                      for c in training_chips(chip_rng, cfg.n_perturbed)]
+            for i, (fb, (model, image), cw) in enumerate(zip(folded, bases, clean)):
+                chips = training_chips(chip_rng, cfg.n_perturbed)
+                if programs:  # the integer twin reads codes: the faulty image's, as the target will
+                    faulty = [inject_faults(image, cfg.inject_config(c))[0] for c in chips]
+                    parts.append((programs[i], program_weights(programs[i], model, image),
+                                  [program_weights(programs[i], model, f) for f in faulty]))
+                    continue
+                pw = [fb.weights(perturbed_weights(image, cfg.inject_config(c))) for c in chips]
                 parts.append((fb.module, cw, [{k: v.to(device) for k, v in w.items()} for w in pw]))
             # bf16: convs and matmuls of the N + 1 forward and input-gradient passes in bfloat16 (autocast keeps
             # the loss and the reductions it lists in float32); the generator's parameters and Adam stay fp32
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-                loss = eopm_loss(model_g, parts, x, y, cfg.lam, rank, world)
+                loss = eopm_loss(model_g, parts, x, y, cfg.lam, rank, world, integer=bool(programs))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

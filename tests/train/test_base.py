@@ -1,7 +1,10 @@
 import torch
 
 from nfedge.data import DataConfig
+from nfedge.integer.calibrate import calibrate
+from nfedge.integer.program import trace_program
 from nfedge.progress import QUIET
+from nfedge.sram.image import build_image
 from nfedge.train.base import TrainBaseConfig, train_base
 from nfedge.train.checkpoint import load_checkpoint
 
@@ -41,3 +44,18 @@ def test_train_base_resumes_after_interruption(tmp_path, monkeypatch):
     for k, v in a["state_dict"].items():
         assert torch.allclose(v.float(), b["state_dict"][k].float(), atol=1e-6), k
     assert a["meta"]["history"] == b["meta"]["history"]
+
+
+def test_integer_mode_freezes_ranges_and_trains_through_the_twin(tmp_path):
+    """QAT with activation fake-quant: ranges observed, frozen into the checkpoint, the twin's accuracy recorded;
+    a program calibrated with those ranges has exactly the trained grids."""
+    cfg = TrainBaseConfig(model="cnn-xs", epochs=1, data=DataConfig(train_limit=512, test_limit=128), mode="integer",
+                          calib_images=64, batch_size=64)
+    model, meta = load_checkpoint(train_base(cfg, tmp_path, progress=QUIET))
+    integer = meta["meta"]["integer"]
+    assert integer["calib_images"] == 64 and 0.0 <= integer["twin_test_accuracy"] <= 1.0
+    ranges = integer["ranges"]
+    assert ranges and all(v > 0 for v in ranges.values())
+    x = torch.rand(8, 1, 32, 32) * 2 - 1  # other images: the frozen ranges, not these, set the scales
+    prog = calibrate(trace_program(model, True), model, x, image=build_image(model, 8), ranges=ranges)
+    assert prog.ranges == {**prog.ranges, **ranges}

@@ -148,3 +148,14 @@ def test_bf16_steps_train_an_fp32_generator_close_to_fp32(small_model):
     assert all(v.dtype == torch.float32 for v in b.state_dict().values() if v.is_floating_point())
     with pytest.raises(NfedgeError, match="precision"):
         EOPMConfig(precision="fp16")
+
+
+def test_integer_mode_trains_against_the_integer_twin(small_model):
+    a, ha = _train(small_model, seed=6)
+    b, hb = _train(small_model, seed=6, mode="integer", calib_images=32)
+    la, lb = ha["history"][0]["step_losses"], hb["history"][0]["step_losses"]
+    assert la[0] == pytest.approx(lb[0], rel=0.1)  # identity init: F(x) = x, the twin is the base on the int8 grid
+    assert la[0] != lb[0]  # ... but the integer twin, not the float model, computed it
+    assert any(not torch.equal(v, a.state_dict()[k]) for k, v in b.state_dict().items())  # and G was trained
+    with pytest.raises(NfedgeError, match="mode"):
+        EOPMConfig(mode="int4")
