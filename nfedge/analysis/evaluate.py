@@ -9,48 +9,37 @@ reported as mean, population std and worst chip over K evaluation chips (0..K-1)
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from nfedge.config import StageConfig, require
+from nfedge.config import require
+from nfedge.errors import NfedgeError
+from nfedge.integer.calibrate import INPUT_SCALE
+from nfedge.integer.reference import image_codes, run_front, run_integer
+from nfedge.integer.scheme import quantize_to_int8
 from nfedge.models.generators import neuralfuse_transform
 from nfedge.progress import DEFAULT, Progress
-from nfedge.sram.calibration import load_calibration
-from nfedge.sram.faults import FAULT_MODELS, InjectConfig
 from nfedge.sram.image import WeightImage
-from nfedge.train.perturb import perturbed_weights
+from nfedge.sram.sweep import FaultSweep, faulty_images
+
+MODES = ("weight-only", "integer")
 
 
 @dataclasses.dataclass(frozen=True)
-class EvaluateConfig(StageConfig):
-    voltages: tuple[float, ...] = ()  # V/Vmin; or give bers
-    bers: tuple[float, ...] = ()  # fractions
-    chips: int = 10  # evaluation chips 0..chips-1
-    fault: str = "flip"
-    stuck_at_one: float = 0.5
-    calibration: str = "sram-14nm"
+class EvaluateConfig(FaultSweep):
+    """Which faulty images (nfedge.sram.sweep.FaultSweep: voltages or BERs x chips, a fault map, ready images)."""
+
     batch_size: int = 256  # images per forward pass; 256 ran 1.4x faster than 1000 on 2 cores (activations fit in cache)
+    mode: str = "weight-only"  # weight-only: float layers on the image's codes (the paper); integer: docs/INTEGER.md
 
     def validate(self) -> None:
-        require(bool(self.voltages) != bool(self.bers), "give voltages or BERs (one of the two)")
-        require(self.chips >= 1, "chips must be at least 1")
-        require(self.fault in FAULT_MODELS and self.fault != "map", f"evaluate takes fault flip or stuck-at, got {self.fault!r}")
-        for b in self.bers:
-            require(0 <= b <= 0.5, f"BER must be in [0, 0.5], got {b}")
-
-    def conditions(self) -> list[dict[str, float | None]]:
-        cal = load_calibration(self.calibration)
-        if self.voltages:
-            return [{"voltage": v, "ber": cal.ber_at(v)} for v in self.voltages]
-        return [{"voltage": None, "ber": b} for b in self.bers]
-
-    def inject_config(self, cond: dict[str, float | None], chip: int) -> InjectConfig:
-        return InjectConfig(fault=self.fault, ber=None if cond["voltage"] is not None else cond["ber"],
-                            voltage=cond["voltage"], chip=chip, stuck_at_one=self.stuck_at_one,
-                            calibration=self.calibration)
+        super().validate()
+        require(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size must be >= 1")
+        require(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
 
 
 @torch.no_grad()
@@ -74,36 +63,79 @@ def summarize(values: list[float]) -> dict[str, Any]:
     return {"mean": float(a.mean()), "std": float(a.std()), "worst": float(a.min()), "per_chip": [float(v) for v in a]}
 
 
+def image_accuracy(model: nn.Module, image: WeightImage, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
+    """Accuracy in percent of `model` reading its weights from `image` (clean, faulty or ECC-decoded) on inputs `x`
+    against labels `y`: the number evaluate reports for that image. Behind a generator pass x = transform_inputs(G, x),
+    computed once for all chips (G runs at nominal voltage)."""
+    return 100.0 * float((predict(model, image.dequantized_weights(), x, batch_size=batch_size) == y).float().mean())
+
+
+class ImageScorer:
+    """Accuracy (percent) of the base model reading one image, alone and behind each generator, in the
+    configured arithmetic. Inputs are prepared once: F(x) does not depend on the chip (G runs at nominal
+    voltage). Images are scored once per distinct content (sha256): at a high voltage most chips have no
+    faulty cell, and every one of them is the clean image."""
+
+    def __init__(self, model: nn.Module, test: tuple[torch.Tensor, torch.Tensor], generators: dict[str, nn.Module],
+                 batch_size: int, programs: dict[str, Any] | None = None) -> None:
+        self.model, self.batch_size, self.programs = model.eval(), batch_size, programs
+        x, self.y = test
+        for g in generators.values():
+            g.eval()
+        if programs is None:  # weight-only: float32 layers on the image's dequantized codes
+            self.inputs = {None: x, **{n: transform_inputs(g, x, batch_size) for n, g in generators.items()}}
+        else:  # integer mode: the exact integer reference, inputs quantized once
+            missing = sorted(set(generators) - set(programs))
+            if "base" not in programs or missing:
+                raise NfedgeError(f"integer mode: no calibrated integer program for {missing or ['the base model']}")
+            x_q = quantize_to_int8(x.numpy(), INPUT_SCALE)
+            self.inputs = {None: x_q, **{n: run_front(programs[n], x_q) for n in generators}}
+        self._cache: dict[tuple[str, str | None], float] = {}
+
+    def accuracy(self, image: WeightImage, name: str | None) -> float:
+        key = (image.manifest.image_sha256, name)
+        if key not in self._cache:
+            if self.programs is None:
+                pred = predict(self.model, image.dequantized_weights(), self.inputs[name], batch_size=self.batch_size)
+            else:
+                base = self.programs["base"]
+                pred = torch.from_numpy(run_integer(base, self.inputs[name], image_codes(base, image)).argmax(1))
+            self._cache[key] = 100.0 * float((pred == self.y).float().mean())
+        return self._cache[key]
+
+
 def evaluate(model: nn.Module, image: WeightImage, test: tuple[torch.Tensor, torch.Tensor], cfg: EvaluateConfig,
-             generators: dict[str, nn.Module] | None = None, progress: Progress = DEFAULT) -> dict[str, Any]:
+             generators: dict[str, nn.Module] | None = None, progress: Progress = DEFAULT,
+             programs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Accuracies in percent, the base model alone and behind each generator, on the same faulty chips:
 
     {"clean": {"CA", "CA_NF": {gen: ...}}, "conditions": [{"voltage", "ber", "PA": stats,
       "generators": {gen: {"PA_NF": stats, "RP": stats}}}, ...]}   (stats = mean, std, worst, per_chip)
+    Integer mode (cfg.mode "integer") needs `programs`: the calibrated integer programs, "base" and one per
+    generator name (nfedge.integer.calibrate).
     """
     generators = generators or {}
-    model.eval()
-    for g in generators.values():
-        g.eval()
-    x, y = test
-    # The generator's output does not depend on the chip, so F(x) is computed once per generator.
-    inputs = {None: x, **{n: transform_inputs(g, x, cfg.batch_size) for n, g in generators.items()}}
-
-    def acc(weights, name):
-        return 100.0 * float((predict(model, weights, inputs[name], batch_size=cfg.batch_size) == y).float().mean())
-
-    clean_w = image.dequantized_weights()
-    result: dict[str, Any] = {"config": cfg.to_dict(), "samples": len(x), "image_sha256": image.manifest.image_sha256,
-                              "clean": {"CA": acc(clean_w, None), "CA_NF": {n: acc(clean_w, n) for n in generators}}}
-    conds = []
-    for cond in cfg.conditions():
-        pa, pa_nf = [], {n: [] for n in generators}
-        for chip in progress.bar(range(cfg.chips), desc=f"evaluate BER {cond['ber']:.3g}", total=cfg.chips, unit="chip"):
-            w = perturbed_weights(image, cfg.inject_config(cond, chip))
-            pa.append(acc(w, None))
+    if cfg.mode == "integer" and programs is None:
+        raise NfedgeError("integer mode: evaluate needs the calibrated integer programs")
+    score = ImageScorer(model, test, generators, cfg.batch_size, programs if cfg.mode == "integer" else None)
+    result: dict[str, Any] = {"config": cfg.to_dict(), "mode": cfg.mode, "samples": len(test[0]),
+                              "image_sha256": image.manifest.image_sha256,
+                              "clean": {"CA": score.accuracy(image, None),
+                                        "CA_NF": {n: score.accuracy(image, n) for n in generators}}}
+    # One faulty image at a time (host memory); the images of one condition come one after another.
+    conds: list[dict[str, Any]] = []
+    total = len(cfg.conditions()) * len(cfg.chip_labels()) + len(cfg.images)
+    bar = progress.manual("evaluate", total=total, unit="image")
+    for _, group in itertools.groupby(faulty_images(image, cfg), key=lambda item: item[0]):
+        pa, pa_nf, chips = [], {n: [] for n in generators}, []
+        for _, cond, chip, faulty in group:
+            chips.append(chip)
+            pa.append(score.accuracy(faulty, None))
             for n in generators:
-                pa_nf[n].append(acc(w, n))
-        conds.append({**cond, "PA": summarize(pa), "generators": {
+                pa_nf[n].append(score.accuracy(faulty, n))
+            bar.update(1)
+        conds.append({**cond, "chips": chips, "PA": summarize(pa), "generators": {
             n: {"PA_NF": summarize(v), "RP": summarize([b - a for a, b in zip(pa, v)])} for n, v in pa_nf.items()}})
+    bar.close()
     result["conditions"] = conds
     return result

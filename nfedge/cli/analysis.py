@@ -6,21 +6,31 @@ import json
 
 import click
 
-from nfedge.cli.common import calibration_option, cli, data_config, data_options, emit, load_bases
+from nfedge.cli.common import (
+    calibration_option,
+    cli,
+    condition_cells,
+    data_config,
+    data_options,
+    default_chips,
+    emit,
+    integer_ranges,
+    load_bases,
+    mode_option,
+)
 
 
 def _format_eval(r: dict) -> str:
     gens = list(r["clean"]["CA_NF"])
     lines = [f"CA {r['clean']['CA']:.2f}" + "".join(f"   CA(NF {g}) {v:.2f}" for g, v in r["clean"]["CA_NF"].items()),
-             "| voltage | BER | PA mean+-std (worst) |" + "".join(f" PA(NF {g}) | RP {g} |" for g in gens),
+             "| voltage (or image) | BER | PA mean+-std (worst) |" + "".join(f" PA(NF {g}) | RP {g} |" for g in gens),
              "|---|---|---|" + "---|---|" * len(gens)]
 
     def stat(s):
         return f"{s['mean']:.2f}+-{s['std']:.2f} ({s['worst']:.2f})"
 
     for c in r["conditions"]:
-        v = "-" if c["voltage"] is None else f"{c['voltage']:.3f}"
-        row = f"| {v} | {c['ber']:.4g} | {stat(c['PA'])} |"
+        row = f"| {condition_cells(c)} | {stat(c['PA'])} |"
         row += "".join(f" {stat(e['PA_NF'])} | {e['RP']['mean']:+.2f} |" for e in c["generators"].values())
         lines.append(row)
     return "\n".join(lines)
@@ -32,27 +42,42 @@ def _format_eval(r: dict) -> str:
 @click.option("--generator", "generator_paths", multiple=True, help="generator checkpoint (repeat; omit: base alone)")
 @click.option("--voltage", "voltages", multiple=True, type=float, help="V/Vmin (repeat)")
 @click.option("--ber", "bers", multiple=True, type=float, help="BER fraction (repeat)")
-@click.option("--chips", default=10, show_default=True, type=int, help="evaluation chips 0..K-1")
-@click.option("--fault", default="flip", show_default=True)
+@click.option("--chips", type=int, help="evaluation chips 0..K-1 per voltage  [default: 10; 1 with --fault map]")
+@click.option("--fault", default="flip", show_default=True, help="flip | stuck-at | map")
+@click.option("--fault-map", type=click.Path(dir_okay=False), help="measured fault map (JSON), for --fault map")
+@click.option("--faulty-image", "images", multiple=True, type=click.Path(file_okay=False),
+              help="a ready faulty image directory (e.g. dumped from a chip), evaluated as it is (repeat)")
 @calibration_option
+@mode_option
+@click.option("--calib-images", default=512, show_default=True, type=int,
+              help="integer mode: seeded training images that calibrate the integer programs")
 @data_options
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--out", type=click.Path(dir_okay=False), help="also write the result JSON here")
-def evaluate_cmd(base_path, image_dir, generator_paths, voltages, bers, chips, fault, calibration, dataset, data_root,
-                 train_limit, test_limit, as_json, out):
+def evaluate_cmd(base_path, image_dir, generator_paths, voltages, bers, chips, fault, fault_map, images, calibration,
+                 mode, calib_images, dataset, data_root, train_limit, test_limit, as_json, out):
     """Host-simulated CA, PA, CA(NF), PA(NF), RP over evaluation chips (mean, std, worst chip)."""
+    import dataclasses
+
     from nfedge.analysis.evaluate import EvaluateConfig, evaluate
     from nfedge.data import load_dataset
+    from nfedge.integer.calibrate import calibrate_programs
     from nfedge.train.eopm import load_generator
 
     ((model, image, meta),) = load_bases([base_path], [image_dir])
-    cfg = EvaluateConfig(voltages=tuple(voltages), bers=tuple(bers), chips=chips, fault=fault, calibration=calibration)
-    _, test, _ = load_dataset(data_config(meta["meta"], dataset, data_root, train_limit, test_limit))
+    cfg = EvaluateConfig(voltages=tuple(voltages), bers=tuple(bers), chips=default_chips(chips, fault, 10), fault=fault,
+                         fault_map=fault_map, images=tuple(images), calibration=calibration, mode=mode)
+    data = data_config(meta["meta"], dataset, data_root, train_limit, test_limit)
+    _, test, _ = load_dataset(data)
     gens = {}
     for path in generator_paths:
         g, gmeta = load_generator(path)
         gens[gmeta["generator"] if gmeta["generator"] not in gens else str(path)] = g
-    r = evaluate(model, image, test.tensors, cfg, generators=gens)
+    programs = None
+    if mode == "integer":
+        calib, _, _ = load_dataset(dataclasses.replace(data, train_limit=calib_images, test_limit=1, seed=0))
+        programs = calibrate_programs(model, image, gens, calib.tensors[0], integer_ranges(meta))
+    r = evaluate(model, image, test.tensors, cfg, generators=gens, programs=programs)
     emit(r, as_json, out, _format_eval(r))
 
 

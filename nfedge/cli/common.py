@@ -27,8 +27,10 @@ def calibration_option(fn):
 def data_options(fn):
     fn = click.option("--test-limit", type=int, help="evaluate on a seeded subset of the test set")(fn)
     fn = click.option("--train-limit", type=int, help="train on a seeded subset of the training set")(fn)
-    fn = click.option("--data-root", help="dataset folder (default: the Debian package's, Fashion-MNIST)")(fn)
-    fn = click.option("--dataset", default=None, help="fashion-mnist | cifar10 | cifar100 | gtsrb")(fn)
+    fn = click.option("--data-root", help="dataset folder, or the .npz file (default: the Debian package's, "
+                      "Fashion-MNIST)")(fn)
+    fn = click.option("--dataset", default=None, help="fashion-mnist | cifar10 | cifar100 | gtsrb, or your own: "
+                      "folder (train/<class>/, test/<class>/ images) | npz (x_train, y_train, x_test, y_test)")(fn)
     return fn
 
 
@@ -67,3 +69,25 @@ def load_bases(base_paths, image_dirs):
             raise NfedgeError(f"image {i} was not quantized from checkpoint {b} (source sha256 differs)")
         out.append((model, image, meta))
     return out
+
+
+def default_chips(chips: int | None, fault: str, default: int) -> int:
+    """--chips when given; else `default` emulated chips, or the one chip of a measured fault map."""
+    return chips if chips is not None else (1 if fault == "map" else default)
+
+
+def condition_cells(cond: dict) -> str:
+    """'voltage | BER' table cells of a result condition; a ready image shows its directory."""
+    v = cond.get("image") or ("-" if cond["voltage"] is None else f"{cond['voltage']:.3f}")
+    return f"{v} | {'-' if cond['ber'] is None else format(cond['ber'], '.4g')}"
+
+
+def mode_option(fn):
+    return click.option("--mode", default="weight-only", show_default=True, type=click.Choice(["weight-only", "integer"]),
+                        help="weight-only: float layers on the image's codes (the paper); integer: int8 activations, "
+                        "int32 accumulators, fixed-point rescaling (docs/INTEGER.md)")(fn)
+
+
+def integer_ranges(meta: dict) -> dict | None:
+    """The activation ranges a `train-base --mode integer` checkpoint froze (None for any other checkpoint)."""
+    return (meta.get("meta", {}).get("integer") or {}).get("ranges")

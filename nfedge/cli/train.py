@@ -6,7 +6,15 @@ import json
 
 import click
 
-from nfedge.cli.common import calibration_option, cli, data_config, data_options, load_bases
+from nfedge.cli.common import (
+    calibration_option,
+    cli,
+    data_config,
+    data_options,
+    integer_ranges,
+    load_bases,
+    mode_option,
+)
 from nfedge.errors import NfedgeError
 
 
@@ -19,16 +27,20 @@ from nfedge.errors import NfedgeError
 @click.option("--lr", default=2e-3, show_default=True, type=float)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present) | cpu | cuda")
+@mode_option
+@click.option("--integer-epochs", default=1, show_default=True, type=int,
+              help="integer mode: epochs through the integer twin after the activation ranges are frozen")
 @data_options
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="run directory (base.pt, config.json)")
-def train_base_cmd(model, bits, per_channel, epochs, batch_size, lr, seed, device, dataset, data_root, train_limit,
-                   test_limit, out):
+def train_base_cmd(model, bits, per_channel, epochs, batch_size, lr, seed, device, mode, integer_epochs, dataset,
+                   data_root, train_limit, test_limit, out):
     """Train a base classifier with quantization-aware training; resumes an interrupted run."""
     from nfedge.train.base import TrainBaseConfig, train_base
 
     data = data_config(None, dataset, data_root, train_limit, test_limit)
     cfg = TrainBaseConfig(model=model, data=data, bits=bits, per_channel=per_channel, epochs=epochs,
-                          batch_size=batch_size, lr=lr, seed=seed, device=device)
+                          batch_size=batch_size, lr=lr, seed=seed, device=device, mode=mode,
+                          integer_epochs=integer_epochs)
     path = train_base(cfg, out)
     click.echo(f"wrote {path}", err=True)
 
@@ -42,7 +54,7 @@ def train_base_cmd(model, bits, per_channel, epochs, batch_size, lr, seed, devic
 @click.option("--classes", default=10, show_default=True, type=int, help="logits per image")
 @click.option("--name", help="model name in the checkpoint (default: class name or file stem)")
 @click.option("--dataset", default=None, help="check against this test set and measure accuracy (as --dataset elsewhere)")
-@click.option("--data-root", help="dataset folder")
+@click.option("--data-root", help="dataset folder, or the .npz file")
 @click.option("--test-limit", type=int, help="measure accuracy on a seeded subset of the test set")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="directory to write (base.pt, config.json)")
 def import_model_cmd(model_class, kwargs_json, state_dict, exported_program, input_shape, classes, name, dataset,
@@ -84,10 +96,14 @@ def import_model_cmd(model_class, kwargs_json, state_dict, exported_program, inp
               help="start from this generator checkpoint's weights (more epochs; Adam state and LR schedule restart)")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True)
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16"]),
+              help="bf16: autocast the step's passes to bfloat16 (CPU and CUDA)")
+@mode_option
 @data_options
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="run directory (generator.pt, config.json)")
 def train_cmd(base_paths, image_dirs, generator, ber, voltage, fault, calibration, lam, n_perturbed, epochs, batch_size,
-              lr, max_steps, init, init_from, seed, device, dataset, data_root, train_limit, test_limit, out):
+              lr, max_steps, init, init_from, seed, device, precision, mode, dataset, data_root, train_limit, test_limit,
+              out):
     """Train a NeuralFuse generator with EOPM (relaxed: on the deployed base; restricted: on surrogates).
 
     Runs under torchrun too (gloo on CPU, NCCL on GPUs): torchrun --nproc-per-node 2 -m nfedge train ...
@@ -104,13 +120,15 @@ def train_cmd(base_paths, image_dirs, generator, ber, voltage, fault, calibratio
     cfg = EOPMConfig(generator=generator, ber=ber if ber is not None or voltage is not None else 0.01, voltage=voltage,
                      fault=fault, calibration=calibration, lam=lam, n_perturbed=n_perturbed, epochs=epochs,
                      batch_size=batch_size, lr=lr,
-                     max_steps=max_steps, seed=seed, device=device, init=init, init_from=init_from)
+                     max_steps=max_steps, seed=seed, device=device, init=init, init_from=init_from,
+                     precision=precision, mode=mode)
     data = data_config(bases[0][2]["meta"], dataset, data_root, train_limit, test_limit)
     distributed = "RANK" in __import__("os").environ
     if distributed and not dist.is_initialized():
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     train, _, info = load_dataset(data)
-    gen, log = train_generator(cfg, [(m, i) for m, i, _ in bases], train, info.channels, info.image_size)
+    gen, log = train_generator(cfg, [(m, i) for m, i, _ in bases], train, info.channels, info.image_size,
+                               base_ranges=[integer_ranges(meta) for _, _, meta in bases])
     if not distributed or dist.get_rank() == 0:
         meta = {"config": cfg.to_dict(), "data": data.to_dict(), **log,
                 "bases": [{"checkpoint": str(b), "image_sha256": i.manifest.image_sha256} for b, (_, i, _) in zip(base_paths, bases)]}

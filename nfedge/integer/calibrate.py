@@ -157,12 +157,13 @@ CALIBRATION_IMAGES = 512  # default calibration set: a seeded subset of the trai
 
 
 def calibrate_programs(model: nn.Module, image: WeightImage, generators: dict[str, nn.Module],
-                       x_calib: torch.Tensor) -> dict[str, Program]:
+                       x_calib: torch.Tensor, base_ranges: dict[str, float] | None = None) -> dict[str, Program]:
     """{"base": the base model's program, name: each generator's}. One base program serves the model alone and
     behind every generator (the firmware holds one base model), so its ranges are observed on x and on F(x)."""
     with torch.no_grad():
         fronts = [neuralfuse_transform(g.eval(), x_calib) for g in generators.values()]
-    programs = {"base": calibrate(trace_program(model, True), model, torch.cat([x_calib, *fronts]), image=image)}
+    programs = {"base": calibrate(trace_program(model, True), model, torch.cat([x_calib, *fronts]), image=image,
+                                  ranges=base_ranges)}
     for name, g in generators.items():
         programs[name] = calibrate(trace_program(g, False), g, x_calib)
     return programs

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,7 @@ from nfedge.errors import NfedgeError
 from nfedge.models import create_generator
 from nfedge.progress import QUIET
 from nfedge.sram.faults import InjectConfig, inject_faults
-from nfedge.sram.image import build_image
+from nfedge.sram.image import build_image, write_image
 from nfedge.train.perturb import perturbed_weights
 
 
@@ -64,3 +66,73 @@ def test_evaluate_at_voltages(small_model):
 def test_bad_evaluate_config(kw, match):
     with pytest.raises(NfedgeError, match=match):
         EvaluateConfig(**kw)
+
+
+def test_ready_images_and_fault_maps_are_evaluated_as_their_bytes(small_model, tmp_path):
+    """A ready image written by inject is the sweep's chip; a fault map's chip equals inject of that map."""
+    image = build_image(small_model, 8)
+    test = _test_set(small_model, 100)
+    faulty, _ = inject_faults(image, InjectConfig(ber=0.02, chip=1))
+    write_image(faulty, tmp_path / "chip1")
+    r = evaluate(small_model, image, test, EvaluateConfig(bers=(0.02,), chips=2, images=(str(tmp_path / "chip1"),)),
+                 progress=QUIET)
+    sweep, ready = r["conditions"]
+    assert ready["PA"]["per_chip"] == [sweep["PA"]["per_chip"][1]] and ready["chips"] == [str(tmp_path / "chip1")]
+    assert ready["ber"] == 0.02 and ready["image_sha256"] == faulty.manifest.image_sha256
+
+    m = image.manifest
+    cells = np.random.default_rng(0).choice(m.stored_bits, size=m.stored_bits // 10, replace=False)
+    (tmp_path / "map.json").write_text(json.dumps({
+        "format": "nfedge-fault-map", "version": 1, "banks": m.banks, "geometry": {"rows": m.geometry.rows, "cols": m.geometry.cols},
+        "maps": [{"voltage": 0.8, "flip": sorted(int(c) for c in cells)}]}))
+    cfg = EvaluateConfig(voltages=(0.8,), chips=1, fault="map", fault_map=str(tmp_path / "map.json"))
+    mapped = inject_faults(image, cfg.inject_config(cfg.conditions()[0], 0))[0]
+    want = 100.0 * float((predict(small_model, mapped.dequantized_weights(), test[0]) == test[1]).float().mean())
+    r = evaluate(small_model, image, test, cfg, progress=QUIET)
+    assert r["conditions"][0]["PA"]["per_chip"] == [want] and r["conditions"][0]["chips"] == ["map"]
+    assert want < r["clean"]["CA"]  # 10% flipped cells do hurt: the map was applied
+
+
+def test_a_ready_image_of_another_layout_is_refused(small_model, tmp_path):
+    write_image(build_image(small_model, 6), tmp_path / "six")
+    cfg = EvaluateConfig(images=(str(tmp_path / "six"),))
+    with pytest.raises(NfedgeError, match="does not fit this model: its bits differ"):
+        evaluate(small_model, build_image(small_model, 8), _test_set(small_model, 10), cfg, progress=QUIET)
+
+
+def test_integer_mode_scores_with_the_integer_reference(small_model):
+    from nfedge.integer.calibrate import INPUT_SCALE, calibrate
+    from nfedge.integer.program import trace_program
+    from nfedge.integer.reference import image_codes, run_front, run_integer
+    from nfedge.integer.scheme import quantize_to_int8
+
+    image = build_image(small_model, 8)
+    x, y = _test_set(small_model, 100)
+    gen = create_generator("ConvT", in_channels=1).eval()
+    progs = {"base": calibrate(trace_program(small_model, True), small_model, x[:50], image=image),
+             "ConvT": calibrate(trace_program(gen, False), gen, x[:50])}
+    cfg = EvaluateConfig(bers=(0.0, 0.02), chips=3, mode="integer")
+    r = evaluate(small_model, image, (x, y), cfg, generators={"ConvT": gen}, progress=QUIET, programs=progs)
+    x_q = quantize_to_int8(x.numpy(), INPUT_SCALE)
+    faulty = inject_faults(image, InjectConfig(ber=0.02, chip=2))[0]
+    want = 100.0 * float((run_integer(progs["base"], run_front(progs["ConvT"], x_q), image_codes(progs["base"], faulty))
+                          .argmax(1) == y.numpy()).mean())
+    assert r["mode"] == "integer"  # same predictions: accuracies agree to float32 rounding (one image = 1 point)
+    assert r["conditions"][1]["generators"]["ConvT"]["PA_NF"]["per_chip"][2] == pytest.approx(want, abs=1e-4)
+    assert r["conditions"][0]["PA"]["per_chip"] == [r["clean"]["CA"]] * 3  # BER 0: every chip is the clean image
+    with pytest.raises(NfedgeError, match="integer programs"):
+        evaluate(small_model, image, (x, y), cfg, progress=QUIET)
+    with pytest.raises(NfedgeError, match="mode"):
+        EvaluateConfig(bers=(0.1,), mode="int4")
+
+
+def test_identical_images_are_scored_once(small_model, monkeypatch):
+    from nfedge.analysis import evaluate as ev
+
+    calls = []
+    real = ev.predict
+    monkeypatch.setattr(ev, "predict", lambda *a, **k: calls.append(1) or real(*a, **k))
+    image = build_image(small_model, 8)
+    r = evaluate(small_model, image, _test_set(small_model, 20), EvaluateConfig(bers=(0.0, 0.05), chips=4), progress=QUIET)
+    assert len(calls) == 1 + 4  # the clean image (also every BER-0 chip) and the four faulty chips
+    assert r["conditions"][0]["PA"]["per_chip"] == [r["clean"]["CA"]] * 4
