@@ -1,22 +1,28 @@
 /* nfedge evaluation main: streams inputs, runs generator + base model, writes logits and timer ticks.
  *
- * Files (semihosting on Cortex-M: paths relative to the emulator's working directory; plain stdio on
- * Linux targets):
- *   input.bin   float32 samples, C*H*W each, back to back (N = file size / sample size)
- *   logits.bin  per sample: base(x) logits [K], then base(F(x)) logits [K] when a generator is built in
- *   ticks.bin   per sample: uint64 ticks of base(x), G (the front F(x) = clip(x + G(x), -1, 1)), base(F(x))
- *   image.bin   (Linux targets only) the weight image; on Cortex-M the image sits at NFEDGE_IMAGE_ADDR,
- *               placed there by the emulator's loader, so one firmware runs against every faulty image
- * The last stdout line is "nfedge-done samples=N workspace_peak=B" on success.
+ * Per sample the outputs are base(x) logits [K], then base(F(x)) logits [K] when a generator is built in,
+ * and the uint64 ticks of base(x), G (the front F(x) = clip(x + G(x), -1, 1)) and base(F(x)); only the
+ * model calls sit between the timer reads, so the I/O below never enters the counts.
+ *
+ * Cortex-M (NFEDGE_UART_ADDR defined, see nfedge_rt.h): no files and no semihosting. The inputs are a
+ * block in guest memory at NFEDGE_INPUT_ADDR (header with the sample count, then the samples), the weight
+ * image sits at NFEDGE_IMAGE_ADDR, both placed there by the emulator's loader (one firmware, any image);
+ * the outputs and the status go out as framed records on the UART.
+ *
+ * Linux targets (a static runner, run confined to the run's temp folder): plain stdio files in the
+ * working directory: input.bin (float32 samples back to back, N = file size / sample size), image.bin,
+ * logits.bin, ticks.bin; the last stdout line is "nfedge-done samples=N workspace_peak=B" on success.
  */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "model.h"
 #include "nfedge_rt.h"
 
 #define SAMPLE_FLOATS (NFEDGE_IN_C * NFEDGE_IN_H * NFEDGE_IN_W)
+#define SAMPLE_BYTES (SAMPLE_FLOATS * sizeof(float))
 
 static float x_buf[SAMPLE_FLOATS] __attribute__((aligned(16)));
 #if NFEDGE_HAS_GENERATOR
@@ -24,9 +30,55 @@ static float fx_buf[SAMPLE_FLOATS] __attribute__((aligned(16)));
 #endif
 static float logits[2 * NFEDGE_NUM_CLASSES] __attribute__((aligned(16)));
 
-#ifdef NFEDGE_IMAGE_ADDR
+#ifdef NFEDGE_UART_ADDR /* ------------------------------------------------ bare metal: memory + UART */
+
+static const uint8_t *in_next;
+static uint32_t in_left;
+
 static const int8_t *load_image(void) { return (const int8_t *)(uintptr_t)NFEDGE_IMAGE_ADDR; }
-#else
+
+static int fail(int code, const char *what) {
+  static const char prefix[] = "nfedge-error: ";
+  nfedge_record(NFEDGE_REC_MESSAGE, prefix, sizeof(prefix) - 1, what, (uint32_t)strlen(what), 0, 0);
+  return code;
+}
+
+static const char *io_open(void) {
+  const nfedge_input_header *h = (const nfedge_input_header *)(uintptr_t)NFEDGE_INPUT_ADDR;
+  if (h->magic != NFEDGE_INPUT_MAGIC || h->version != NFEDGE_INPUT_VERSION)
+    return "no input block at the input address (the emulator's loader did not place one)";
+  if (h->sample_bytes != SAMPLE_BYTES) return "the input block's sample size does not match the model";
+  if (h->count > (NFEDGE_INPUT_BYTES - NFEDGE_INPUT_HEADER) / SAMPLE_BYTES)
+    return "the input block holds more samples than its region";
+  in_next = (const uint8_t *)h + NFEDGE_INPUT_HEADER;
+  in_left = h->count;
+  return NULL;
+}
+
+/* 1: a sample in x, 0: no more samples, -1: error */
+static int io_next(float *x) {
+  if (in_left == 0) return 0;
+  memcpy(x, in_next, SAMPLE_BYTES);
+  in_next += SAMPLE_BYTES;
+  --in_left;
+  return 1;
+}
+
+static int io_emit(uint32_t index, const float *out, size_t k, const uint64_t ticks[3]) {
+  nfedge_record(NFEDGE_REC_SAMPLE, &index, 4, out, (uint32_t)(k * sizeof(float)), ticks, 3 * sizeof(uint64_t));
+  return 0;
+}
+
+static int io_close(uint32_t n) {
+  uint32_t done[2] = {n, (uint32_t)nfedge_workspace_peak()};
+  nfedge_record(NFEDGE_REC_DONE, done, sizeof(done), 0, 0, 0, 0);
+  return 0;
+}
+
+#else /* ---------------------------------------------------------------- Linux: files in the cwd */
+
+static FILE *fin, *flog, *ftick;
+
 static const int8_t *load_image(void) {
   static int8_t *image;
   FILE *f = fopen("image.bin", "rb");
@@ -36,7 +88,6 @@ static const int8_t *load_image(void) {
   fclose(f);
   return got == NFEDGE_IMAGE_BYTES ? image : NULL;
 }
-#endif
 
 static int fail(int code, const char *what) {
   printf("nfedge-error: %s\n", what);
@@ -44,20 +95,46 @@ static int fail(int code, const char *what) {
   return code;
 }
 
+static const char *io_open(void) {
+  fin = fopen("input.bin", "rb");
+  flog = fopen("logits.bin", "wb");
+  ftick = fopen("ticks.bin", "wb");
+  return fin && flog && ftick ? NULL : "cannot open input.bin/logits.bin/ticks.bin";
+}
+
+static int io_next(float *x) {
+  size_t got = fread(x, sizeof(float), SAMPLE_FLOATS, fin);
+  if (got == 0) return 0;
+  return got == SAMPLE_FLOATS ? 1 : -1;
+}
+
+static int io_emit(uint32_t index, const float *out, size_t k, const uint64_t ticks[3]) {
+  (void)index;
+  return fwrite(out, sizeof(float), k, flog) == k && fwrite(ticks, sizeof(uint64_t), 3, ftick) == 3 ? 0 : -1;
+}
+
+static int io_close(uint32_t n) {
+  fclose(fin);
+  if (fclose(flog) != 0 || fclose(ftick) != 0) return -1;
+  printf("nfedge-done samples=%lu workspace_peak=%lu\n", (unsigned long)n, (unsigned long)nfedge_workspace_peak());
+  fflush(stdout);
+  return 0;
+}
+
+#endif
+
 int main(void) {
   nfedge_timer_init();
   nfedge_model_init();
   const int8_t *image = load_image();
   if (!image) return fail(NFEDGE_EXIT_IO, "cannot read image.bin");
-  FILE *fin = fopen("input.bin", "rb");
-  FILE *flog = fopen("logits.bin", "wb");
-  FILE *ftick = fopen("ticks.bin", "wb");
-  if (!fin || !flog || !ftick) return fail(NFEDGE_EXIT_IO, "cannot open input.bin/logits.bin/ticks.bin");
-  long n = 0;
+  const char *err = io_open();
+  if (err) return fail(NFEDGE_EXIT_IO, err);
+  uint32_t n = 0;
   for (;;) {
-    size_t got = fread(x_buf, sizeof(float), SAMPLE_FLOATS, fin);
+    int got = io_next(x_buf);
     if (got == 0) break;
-    if (got != SAMPLE_FLOATS) return fail(NFEDGE_EXIT_IO, "input.bin is not a whole number of samples");
+    if (got < 0) return fail(NFEDGE_EXIT_IO, "input.bin is not a whole number of samples");
     uint64_t ticks[3] = {0, 0, 0}, t0;
     t0 = nfedge_timer_ticks();
     if (nfedge_base_run(x_buf, image, logits) != 0) return fail(NFEDGE_EXIT_OPERATOR, "base model operator failed");
@@ -74,13 +151,9 @@ int main(void) {
     k *= 2;
 #endif
     if (nfedge_workspace_failed()) return fail(NFEDGE_EXIT_WORKSPACE, "workspace pool exhausted");
-    if (fwrite(logits, sizeof(float), k, flog) != k || fwrite(ticks, sizeof(uint64_t), 3, ftick) != 3)
-      return fail(NFEDGE_EXIT_IO, "cannot write logits.bin/ticks.bin");
+    if (io_emit(n, logits, k, ticks) != 0) return fail(NFEDGE_EXIT_IO, "cannot write logits.bin/ticks.bin");
     ++n;
   }
-  fclose(fin);
-  if (fclose(flog) != 0 || fclose(ftick) != 0) return fail(NFEDGE_EXIT_IO, "cannot close output files");
-  printf("nfedge-done samples=%ld workspace_peak=%lu\n", n, (unsigned long)nfedge_workspace_peak());
-  fflush(stdout);
+  if (io_close(n) != 0) return fail(NFEDGE_EXIT_IO, "cannot close output files");
   return NFEDGE_EXIT_OK;
 }

@@ -1,19 +1,21 @@
-/* Cortex-M startup for nfedge firmware (bare metal, newlib + rdimon semihosting, no CMSIS).
+/* Cortex-M startup and target I/O for nfedge firmware (bare metal, no semihosting, no CMSIS).
  *
  * Reset_Handler copies .data (and the .got that LLVM objects from TVM reference; the linker script
- * keeps it inside .data) from its load address, zeroes .bss, turns on the FPU, initialises newlib's
- * semihosting file handles and calls main(); main's return value becomes the emulator's exit code.
- * A fault prints one line through semihosting and exits with NFEDGE_EXIT_FAULT so the host harness
- * can tell a crash from a hang (timeout) or a clean non-zero exit.
+ * keeps it inside .data) from its load address, zeroes .bss, turns on the FPU, sets up the UART and
+ * calls main(); main's return value is sent as the exit record and the core then requests a system
+ * reset, which QEMU (-no-reboot) turns into its exit. A fault sends one message record and exit status
+ * NFEDGE_EXIT_FAULT the same way, so the host harness can tell a crash from a hang (timeout) or a clean
+ * non-zero exit.
+ *
+ * Nothing here uses semihosting (BKPT 0xAB): nfedge runs QEMU without it, so the guest has no route to
+ * the host's files or commands. A BKPT then raises a debug exception, which escalates to HardFault.
  */
 #include <stdint.h>
-#include <stdlib.h>
 
 #include "nfedge_rt.h"
 
 extern uint32_t __data_load__, __data_start__, __data_end__, __bss_start__, __bss_end__, __stack_top__;
 extern int main(void);
-extern void initialise_monitor_handles(void);
 
 void Reset_Handler(void);
 void Fault_Handler(void);
@@ -22,6 +24,8 @@ void SysTick_Handler(void);
 
 #define SCB_CPACR (*(volatile uint32_t *)0xE000ED88u)
 #define SCB_VTOR (*(volatile uint32_t *)0xE000ED08u)
+#define SCB_AIRCR (*(volatile uint32_t *)0xE000ED0Cu)
+#define AIRCR_SYSRESETREQ (0x05FAu << 16 | 1u << 2) /* VECTKEY + SYSRESETREQ */
 
 __attribute__((section(".isr_vector"), used)) void (*const nfedge_vectors[16 + 32])(void) = {
     (void (*)(void))(&__stack_top__),
@@ -55,33 +59,72 @@ __attribute__((noreturn)) void Reset_Handler(void) {
   SCB_VTOR = (uint32_t)nfedge_vectors;
   SCB_CPACR |= (0xFu << 20); /* CP10 + CP11 full access: FPU (and MVE on v8.1-M) */
   __asm volatile("dsb\n isb" ::: "memory");
-  initialise_monitor_handles();
-  exit(main());
+  nfedge_uart_init();
+  nfedge_exit(main());
 }
 
-/* -nostartfiles drops crti/crtn; newlib's exit() still calls these. */
-void _init(void) {}
-void _fini(void) {}
+/* ---- CMSDK APB UART (QEMU hw/char/cmsdk-apb-uart.c): polled transmit, no interrupts ---- */
+#define UART_DATA (*(volatile uint32_t *)(NFEDGE_UART_ADDR + 0x000u))
+#define UART_STATE (*(volatile uint32_t *)(NFEDGE_UART_ADDR + 0x004u)) /* bit 0: TX buffer full */
+#define UART_CTRL (*(volatile uint32_t *)(NFEDGE_UART_ADDR + 0x008u))  /* bit 0: TX enable */
+#define UART_BAUDDIV (*(volatile uint32_t *)(NFEDGE_UART_ADDR + 0x010u))
 
-/* Semihosting straight from a fault handler (newlib's state may be what faulted). */
-static int nfedge_semihost(int op, void *arg) {
-  register int r0 __asm__("r0") = op;
-  register void *r1 __asm__("r1") = arg;
-  __asm volatile("bkpt 0xAB" : "+r"(r0) : "r"(r1) : "memory");
-  return r0;
+void nfedge_uart_init(void) {
+  UART_BAUDDIV = 16; /* the smallest divider the UART accepts; QEMU sends at once whatever the rate */
+  UART_CTRL = 1u;
 }
 
-__attribute__((noreturn)) void Fault_Handler(void) {
-  nfedge_semihost(0x04 /* SYS_WRITE0 */, "nfedge: CPU fault (HardFault/MemManage/BusFault/UsageFault)\n");
-  uint32_t block[2] = {0x20026u /* ADP_Stopped_ApplicationExit */, NFEDGE_EXIT_FAULT};
-  for (;;) nfedge_semihost(0x18 /* SYS_EXIT */, block);
+static void uart_put(const uint8_t *p, uint32_t n, uint32_t *crc) {
+  for (uint32_t i = 0; i < n; ++i) {
+    while (UART_STATE & 1u) {
+    }
+    UART_DATA = p[i];
+    if (crc) { /* CRC-32, reflected polynomial 0xEDB88320 (zlib.crc32 on the host) */
+      uint32_t c = *crc ^ p[i];
+      for (int b = 0; b < 8; ++b) c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1u)));
+      *crc = c;
+    }
+  }
 }
 
-__attribute__((noreturn)) void Default_Handler(void) {
-  nfedge_semihost(0x04, "nfedge: unexpected interrupt\n");
-  uint32_t block[2] = {0x20026u, NFEDGE_EXIT_FAULT};
-  for (;;) nfedge_semihost(0x18, block);
+void nfedge_record(uint8_t type, const void *a, uint32_t na, const void *b, uint32_t nb, const void *c, uint32_t nc) {
+  uint32_t len = na + nb + nc, crc = 0xFFFFFFFFu;
+  if (len > 0xFFFFu) len = na = nb = nc = 0; /* cannot be framed: an empty record tells the host */
+  const uint8_t sync[2] = {'N', 'F'}, head[3] = {type, (uint8_t)len, (uint8_t)(len >> 8)};
+  uart_put(sync, 2, 0);
+  uart_put(head, 3, &crc);
+  uart_put((const uint8_t *)a, na, &crc);
+  uart_put((const uint8_t *)b, nb, &crc);
+  uart_put((const uint8_t *)c, nc, &crc);
+  crc ^= 0xFFFFFFFFu;
+  const uint8_t tail[4] = {(uint8_t)crc, (uint8_t)(crc >> 8), (uint8_t)(crc >> 16), (uint8_t)(crc >> 24)};
+  uart_put(tail, 4, 0);
 }
+
+__attribute__((noreturn)) void nfedge_exit(int status) {
+  uint32_t s = (uint32_t)status;
+  nfedge_record(NFEDGE_REC_EXIT, &s, 4, 0, 0, 0, 0);
+  __asm volatile("dsb" ::: "memory");
+  SCB_AIRCR = AIRCR_SYSRESETREQ;
+  __asm volatile("dsb" ::: "memory");
+  for (;;) __asm volatile("wfi"); /* the reset request takes effect at once; never reached in QEMU */
+}
+
+static uint32_t cstrlen(const char *s) {
+  uint32_t n = 0;
+  while (s[n]) ++n;
+  return n;
+}
+
+static __attribute__((noreturn)) void fatal(const char *what) {
+  nfedge_uart_init(); /* the fault may have come before Reset_Handler set it up */
+  nfedge_record(NFEDGE_REC_MESSAGE, what, cstrlen(what), 0, 0, 0, 0);
+  nfedge_exit(NFEDGE_EXIT_FAULT);
+}
+
+__attribute__((noreturn)) void Fault_Handler(void) { fatal("nfedge: CPU fault (HardFault/MemManage/BusFault/UsageFault)"); }
+
+__attribute__((noreturn)) void Default_Handler(void) { fatal("nfedge: unexpected interrupt"); }
 
 /* SysTick: a 24-bit down counter at the CPU clock; count wraps to get 64-bit tick totals. */
 #define SYST_CSR (*(volatile uint32_t *)0xE000E010u)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -44,3 +47,26 @@ def cnn_xs_with_bn_stats(seed: int = 0) -> torch.nn.Module:
             mod.weight.data.uniform_(0.5, 1.5)
             mod.bias.data.uniform_(-0.2, 0.2)
     return m.eval()
+
+
+def run_nfedge(*args) -> subprocess.CompletedProcess:
+    """The real CLI in a subprocess (`python -m nfedge ...`), output captured."""
+    return subprocess.run([sys.executable, "-m", "nfedge", *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="session")
+def fr_bundle(tmp_path_factory):
+    """A cnn-xs base (6-bit image), a tiny ConvT generator and their arm-cortex bundle, built through the CLI
+    once per test session: <dir>/base/base.pt, <dir>/img, <dir>/gen/generator.pt, <dir>/bundle."""
+    d = tmp_path_factory.mktemp("fr")
+    r = run_nfedge("train-base", "--model", "cnn-xs", "--epochs", 1, "--train-limit", 2000, "--test-limit", 200,
+                   "--out", d / "base")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert run_nfedge("quantize", "--checkpoint", d / "base" / "base.pt", "--bits", 6, "--out", d / "img").returncode == 0
+    r = run_nfedge("train", "--base", d / "base" / "base.pt", "--image", d / "img", "--generator", "ConvT", "--max-steps", 2,
+                   "--n-perturbed", 2, "--batch-size", 8, "--out", d / "gen")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run_nfedge("build", "--target", "arm-cortex", "--bits", 6, "--base", d / "base" / "base.pt", "--image", d / "img",
+                   "--generator", d / "gen" / "generator.pt", "--out", d / "bundle")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return d

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from nfedge.cli.common import calibration_option, cli, emit, load_bases
+from nfedge.cli.common import calibration_option, cli, condition_cells, default_chips, emit, load_bases
 from nfedge.errors import NfedgeError
 
 
@@ -76,9 +76,12 @@ def tune_cmd(target, base_path, image_dir, generator_path, db_dir, trials, trial
 @click.option("--bundle", "bundle_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--voltage", "voltages", multiple=True, type=float, help="V/Vmin (repeat)")
 @click.option("--ber", "bers", multiple=True, type=float, help="BER fraction (repeat)")
-@click.option("--chips", default=3, show_default=True, type=int)
+@click.option("--chips", type=int, help="emulated chips 0..K-1 per voltage  [default: 3; 1 with --fault map]")
 @click.option("--samples", default=32, show_default=True, type=int, help="test images per chip")
-@click.option("--fault", default="flip", show_default=True)
+@click.option("--fault", default="flip", show_default=True, help="flip | stuck-at | map")
+@click.option("--fault-map", type=click.Path(dir_okay=False), help="measured fault map (JSON), for --fault map")
+@click.option("--image", "--faulty-image", "images", multiple=True, type=click.Path(file_okay=False),
+              help="a ready faulty image directory (e.g. dumped from a chip), run as it is (repeat)")
 @calibration_option
 @click.option("--min-agreement", default=0.99, show_default=True, type=float,
               help="exit non-zero below this fraction of identical host/target predictions")
@@ -86,20 +89,25 @@ def tune_cmd(target, base_path, image_dir, generator_path, db_dir, trials, trial
 @click.option("--timeout", "timeout_s", default=900.0, show_default=True, type=float, help="seconds per emulator run")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--out", type=click.Path(dir_okay=False), help="also write the result JSON here")
-def faultrun_cmd(bundle_dir, voltages, bers, chips, samples, fault, calibration, min_agreement, jobs, timeout_s, as_json,
-                 out):
+@click.option("--allow-emulator", type=click.Path(dir_okay=False),
+              help="run this emulator program when the bundle's descriptor names it (nfedge runs only the QEMUs it knows)")
+@click.option("--trust-bundle-code", is_flag=True,
+              help="run the bundle's native code unconfined: host bundles (.so), Linux bundles where no confinement exists")
+def faultrun_cmd(bundle_dir, voltages, bers, chips, samples, fault, fault_map, images, calibration, min_agreement, jobs,
+                 timeout_s, as_json, out, allow_emulator, trust_bundle_code):
     """Run the bundle on its (emulated) target against undervolted SRAM images and compare with the host."""
     from nfedge.deploy.faultrun import FaultrunConfig, faultrun
 
-    cfg = FaultrunConfig(voltages=tuple(voltages), bers=tuple(bers), chips=chips, samples=samples, fault=fault,
-                         calibration=calibration, min_agreement=min_agreement, jobs=jobs, timeout_s=timeout_s)
-    r = faultrun(bundle_dir, None, cfg)
+    cfg = FaultrunConfig(voltages=tuple(voltages), bers=tuple(bers), chips=default_chips(chips, fault, 3), samples=samples,
+                         fault=fault, fault_map=fault_map, images=tuple(images), calibration=calibration,
+                         min_agreement=min_agreement, jobs=jobs, timeout_s=timeout_s)
+    r = faultrun(bundle_dir, None, cfg, allow_emulator=allow_emulator, trust_bundle_code=trust_bundle_code)
     lines = [f"target {r['target']}, {r['bits']}-bit, {r['chips']} chips x {r['samples']} samples",
-             "| V/Vmin | BER | model | target acc | host acc | identical | max logit diff |", "|---|---|---|---|---|---|---|"]
+             "| V/Vmin (or image) | BER | model | target acc | host acc | identical | max logit diff |", "|---|---|---|---|---|---|---|"]
     for row in r["results"]:
         for n, acc in row["target_accuracy"].items():
             ag = row["agreement"][n]
-            lines.append(f"| {row['voltage']} | {row['ber']:.4g} | {n} | {acc['mean']:.2f}+-{acc['std']:.2f} | "
+            lines.append(f"| {condition_cells(row)} | {n} | {acc['mean']:.2f}+-{acc['std']:.2f} | "
                          f"{row['host_accuracy'][n]['mean']:.2f} | {100 * ag['identical_fraction']:.1f}% | {ag['max_logit_diff']:.2e} |")
     lines.append(f"instructions per inference: {r['instructions_per_inference']}")
     emit(r, as_json, out, "\n".join(lines))

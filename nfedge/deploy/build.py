@@ -11,12 +11,14 @@ Pipeline: ImageWeightedModel(x, image) and NeuralFuseFront(x) -> torch.export ->
     constants as C arrays, the operators called in order through the tvm-ffi safe-call ABI) and links
     it with firmware_harness/ (startup, glue runtime, evaluation main) into firmware.elf / runner.
     The weight image is NOT linked in: the base model reads it at the descriptor's fixed image address,
-    where the emulator's loader places it, so one firmware runs against every faulty image.
+    where the emulator's loader places it, so one firmware runs against every faulty image. The inputs
+    go to memory.input the same way, the outputs to the UART at io.uart (no semihosting).
   host: tvm.compile + export_library (one .so per graph) run by the Relax VM; with BuildConfig.tuning_db
     (a database from nfedge.deploy.tune) the fused PrimFuncs get their MetaSchedule-tuned schedules and the
     code is compiled for the database's target (this CPU's -mcpu, its core count).
 
 
+The bundle keeps a copy of the resolved target descriptor (target.toml): what runs it reads only that.
 The bundle format is nfedge.deploy.bundle; lowering nfedge.deploy.lower; C generation nfedge.deploy.codegen.
 """
 
@@ -34,11 +36,12 @@ from torch import nn
 
 from nfedge import __version__
 from nfedge.config import StageConfig, require
-from nfedge.deploy.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST, Bundle, load_bundle
+from nfedge.deploy.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST, TARGET_FILE, Bundle, load_bundle
 from nfedge.deploy.codegen import c_symbol, generate_c, memory_ld, plan_program
+from nfedge.deploy.emulators import INPUT_HEADER_BYTES
 from nfedge.deploy.export import ImageWeightedModel, NeuralFuseFront, image_tensor
 from nfedge.deploy.lower import SCHEDULES, lower_relax, relax_graphs
-from nfedge.deploy.targets import TargetDescriptor, load_target
+from nfedge.deploy.targets import TargetDescriptor, descriptor_text, parse_target
 from nfedge.deploy.toolchain import firmware_dir, run_tool, section_sizes, tvm_ffi_include, which_tool
 from nfedge.deploy.tuning_db import load_tuning_db
 from nfedge.errors import NfedgeError
@@ -104,12 +107,23 @@ def build_for_target(cfg: BuildConfig, base_model: nn.Module, image: WeightImage
                      out_dir: str | Path, progress: Progress = QUIET) -> Bundle:
     """Compile base model (+ generator) for cfg.target and write the bundle directory atomically."""
     t_start = time.perf_counter()
-    target = load_target(cfg.target)
+    # The bundle keeps this exact text as its own target.toml: running it never reads another descriptor.
+    target_text, target_source, aliases = descriptor_text(cfg.target)
+    target = parse_target(target_text, target_source, aliases)
+    bundle_target = parse_target(target_text, TARGET_FILE)
     num_classes = check_build_inputs(cfg, base_model, image, generator)
+    # one UART sample record (uint16 payload length): index, 1 or 2 logit vectors, 3 uint64 ticks
+    if target.is_bare_metal and 4 + 4 * num_classes * (2 if generator is not None else 1) + 24 > 0xFFFF:
+        raise NfedgeError(f"{num_classes} classes do not fit one UART record of target {target.name} (64 KiB)")
     image_bytes = int(image.manifest.total_bytes)
     if target.is_bare_metal and image_bytes > target.image.length:
         raise NfedgeError(f"the model does not fit target {target.name}: the weight image is {image_bytes} bytes but "
                           f"its image region {target.image.name} holds {target.image.length} bytes")
+    sample_bytes = 4 * cfg.input_shape[0] * cfg.input_shape[1] * cfg.input_shape[2]  # float32
+    if target.is_bare_metal and sample_bytes + INPUT_HEADER_BYTES > target.input.length:
+        raise NfedgeError(f"the model does not fit target {target.name}: one input sample is {sample_bytes} bytes but "
+                          f"its input region {target.input.name} holds {target.input.length} (with a "
+                          f"{INPUT_HEADER_BYTES}-byte header)")
     if target.kind in ("bare-metal", "linux"):
         which_tool(target.toolchain.cc, target, "compiler")
         which_tool(target.toolchain.size, target, "size tool")
@@ -136,6 +150,7 @@ def build_for_target(cfg: BuildConfig, base_model: nn.Module, image: WeightImage
             entry, sizes, extra = _build_glue(cfg, target, tvm_target, relax_mods, tmp, image_bytes, input_shape=cfg.input_shape,
                                               num_classes=num_classes, log=log, progress=progress)
         write_image(image, tmp / "image")
+        (tmp / TARGET_FILE).write_text(target_text)
         (tmp / "build.log").write_text("\n".join(log) + "\n")
         files = {}
         for f in sorted(tmp.rglob("*")):
@@ -144,12 +159,14 @@ def build_for_target(cfg: BuildConfig, base_model: nn.Module, image: WeightImage
         manifest = {
             "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION,
             "config": cfg.to_dict(),
-            "target": target.to_dict(),
+            "target": bundle_target.to_dict(),  # = its target.toml, which load_bundle checks it against
             "entry": entry,
             "io": {"input_shape": list(cfg.input_shape), "input_dtype": "float32", "num_classes": num_classes,
                    "has_generator": generator is not None, "image_bytes": image_bytes,
                    "image_bits": image.manifest.bits, "image_sha256": image.manifest.image_sha256,
                    "image_address": target.image.origin if target.is_bare_metal else None,
+                   "input_address": target.input.origin if target.is_bare_metal else None,
+                   "uart_address": target.uart if target.is_bare_metal else None,
                    "outputs": ["logits_base[K]"] + (["logits_neuralfuse[K]"] if generator is not None else [])},
             "memory_map": {k: v for k, v in target.to_dict()["memory"].items()},
             "sizes": sizes | {"weights_bytes": image_bytes},
@@ -217,7 +234,9 @@ def _build_glue(cfg, target, tvm_target, relax_mods, tmp: Path, image_bytes: int
         (tmp / "memory.ld").write_text(memory_ld(target))
         out = tmp / "firmware.elf"
         srcs = [fw / "startup_cm.c", fw / "nfedge_rt.c", fw / "main.c", tmp / "model.c"]
-        cmd = [cc, *common, f"-DNFEDGE_IMAGE_ADDR=0x{target.image.origin:08x}u", *map(str, srcs),
+        io_defs = [f"-DNFEDGE_IMAGE_ADDR=0x{target.image.origin:08x}u", f"-DNFEDGE_INPUT_ADDR=0x{target.input.origin:08x}u",
+                   f"-DNFEDGE_INPUT_BYTES=0x{target.input.length:x}u", f"-DNFEDGE_UART_ADDR=0x{target.uart:08x}u"]
+        cmd = [cc, *common, *io_defs, *map(str, srcs),
                str(tmp / "operators.o"), *tc.ldflags, "-T", str(fw / "cortex_m.ld"), "-L", str(tmp),
                f"-Wl,-Map={tmp / 'link.map'}", "-lm", "-o", str(out)]
         entry = {"run": "firmware.elf"}

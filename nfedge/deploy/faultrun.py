@@ -22,18 +22,17 @@ import torch
 
 from nfedge.analysis.energy import EnergyConfig, estimate_energy
 from nfedge.analysis.evaluate import summarize
-from nfedge.config import StageConfig, require
+from nfedge.config import require
 from nfedge.data import DataConfig, load_dataset
 from nfedge.deploy.build import BuildConfig, build_for_target
 from nfedge.deploy.bundle import Bundle, load_bundle
-from nfedge.deploy.harness import run_on_target
+from nfedge.deploy.harness import check_runnable, run_on_target
 from nfedge.errors import NfedgeError
 from nfedge.fileio import atomic_dir
 from nfedge.models.generators import neuralfuse_transform
 from nfedge.progress import DEFAULT, Progress
-from nfedge.sram.calibration import load_calibration
-from nfedge.sram.faults import FAULT_MODELS, InjectConfig, inject_faults
 from nfedge.sram.image import read_image
+from nfedge.sram.sweep import FaultSweep, condition_label, faulty_images
 from nfedge.train.checkpoint import load_checkpoint
 from nfedge.train.eopm import load_generator
 
@@ -66,32 +65,21 @@ def image_input_shape(base_checkpoint: str | Path) -> tuple[int, int, int]:
 
 
 @dataclasses.dataclass(frozen=True)
-class FaultrunConfig(StageConfig):
-    voltages: tuple[float, ...] = ()  # V/Vmin; or bers
-    bers: tuple[float, ...] = ()
-    chips: int = 3  # evaluation chips 0..chips-1
+class FaultrunConfig(FaultSweep):
+    """Which faulty images (nfedge.sram.sweep.FaultSweep) and how many test images run on target and host."""
+
+    chips: int = 3  # emulated chips 0..chips-1 per voltage (1 with a fault map)
     samples: int = 32  # test images per chip (the same images on every chip, host and target)
-    fault: str = "flip"
-    stuck_at_one: float = 0.5
-    calibration: str = "sram-14nm"
     min_agreement: float = 0.99  # fail when fewer predictions are identical on host and target
     jobs: int = 2  # emulator processes in parallel
     timeout_s: float = 900.0  # per emulator process
     sample_seed: int = 0  # which test images
 
     def validate(self) -> None:
-        require(bool(self.voltages) != bool(self.bers), "give voltages or BERs (one of the two)")
-        require(self.chips >= 1 and self.samples >= 1 and self.jobs >= 1, "chips, samples and jobs must be >= 1")
-        require(self.fault in FAULT_MODELS and self.fault != "map", f"faultrun takes fault flip or stuck-at, got {self.fault!r}")
+        super().validate()
+        require(self.samples >= 1 and self.jobs >= 1, "samples and jobs must be >= 1")
         require(0.0 <= self.min_agreement <= 1.0, "min_agreement must be in [0, 1]")
-        for b in self.bers:
-            require(0 <= b <= 0.5, f"BER must be in [0, 0.5], got {b}")
-
-    def conditions(self) -> list[dict[str, Any]]:
-        cal = load_calibration(self.calibration)
-        if self.voltages:
-            return [{"voltage": v, "ber": cal.ber_at(v)} for v in self.voltages]
-        return [{"voltage": None, "ber": b} for b in self.bers]
+        require(self.timeout_s > 0, "timeout_s must be > 0")
 
 
 def _host_logits(model, weights, gen, x) -> tuple[np.ndarray, np.ndarray | None]:
@@ -108,9 +96,11 @@ def _agreement(a: list[np.ndarray], b: list[np.ndarray]) -> dict[str, float]:
 
 
 def faultrun(bundle_dir: str | Path, test: tuple[torch.Tensor, torch.Tensor] | None, cfg: FaultrunConfig,
-             progress: Progress = DEFAULT) -> dict[str, Any]:
+             progress: Progress = DEFAULT, allow_emulator: str | Path | None = None,
+             trust_bundle_code: bool = False) -> dict[str, Any]:
     """Run every (condition, chip) on target and host; returns the JSON-ready result (see module doc)."""
     bundle = load_bundle(bundle_dir)
+    check_runnable(bundle, allow_emulator, trust_bundle_code)  # refuse before reading anything else of the bundle
     model, meta = load_checkpoint(bundle.path / "host" / "base.pt")
     gen_path = bundle.path / "host" / "generator.pt"
     gen, gmeta = load_generator(gen_path) if gen_path.is_file() else (None, None)
@@ -125,18 +115,21 @@ def faultrun(bundle_dir: str | Path, test: tuple[torch.Tensor, torch.Tensor] | N
         _, t, _ = load_dataset(dataclasses.replace(data, test_limit=cfg.samples, seed=cfg.sample_seed))
         test = t.tensors
     x, y = test[0][: cfg.samples], test[1][: cfg.samples]
-    jobs = [(i, cond, chip) for i, cond in enumerate(cfg.conditions()) for chip in range(cfg.chips)]
-
-    # Inject each (condition, chip) once: the same bytes go to the emulator and to the host simulation.
-    images = {(i, chip): inject_faults(clean, InjectConfig(
-        fault=cfg.fault, ber=None if cond["voltage"] is not None else cond["ber"], voltage=cond["voltage"],
-        chip=chip, stuck_at_one=cfg.stuck_at_one, calibration=cfg.calibration))[0] for i, cond, chip in jobs}
+    # Each faulty image is made (or read) once: the same bytes go to the emulator and to the host simulation.
+    images, conds, chips = {}, {}, {}
+    for i, cond, chip, img in faulty_images(clean, cfg):
+        images[(i, chip)] = img
+        conds[i] = cond
+        chips.setdefault(i, []).append(chip)
+    jobs = [(i, conds[i], chip) for i in conds for chip in chips[i]]
 
     def on_target(job):  # threads only wait on emulator processes; torch stays in the main thread
         i, cond, chip = job
-        where = f"chip {chip} at " + (f"{cond['voltage']} V/Vmin" if cond["voltage"] is not None else f"BER {cond['ber']}")
+        where = (f"image {cond['image']}" if cond.get("image") else f"chip {chip} at "
+                 + (f"{cond['voltage']} V/Vmin" if cond["voltage"] is not None else f"BER {cond['ber']}"))
         try:
-            return run_on_target(bundle, images[(i, chip)].codes.tobytes(), x.numpy(), timeout_s=cfg.timeout_s, verify=False)
+            return run_on_target(bundle, images[(i, chip)].codes.tobytes(), x.numpy(), timeout_s=cfg.timeout_s, verify=False,
+                                 allow_emulator=allow_emulator, trust_bundle_code=trust_bundle_code)
         except NfedgeError as e:
             raise NfedgeError(f"{where}: {e}") from None
 
@@ -152,11 +145,11 @@ def faultrun(bundle_dir: str | Path, test: tuple[torch.Tensor, torch.Tensor] | N
     names = [BASE] + ([gen_name] if gen is not None else [])
     results = []
     instr = {"base": [], "generator": [], "base_nf": []}
-    for i, cond in enumerate(cfg.conditions()):
+    for i, cond in conds.items():
         tgt = {n: [] for n in names}
         host = {n: [] for n in names}
         logits = {n: ([], []) for n in names}
-        for chip in range(cfg.chips):
+        for chip in chips[i]:
             res, hb, hn = outs[(i, chip)]
             pairs = {BASE: (res.logits_base, hb)}
             if gen is not None:
@@ -170,7 +163,7 @@ def faultrun(bundle_dir: str | Path, test: tuple[torch.Tensor, torch.Tensor] | N
                          ("base_nf", res.instructions_base_nf)):
                 if v is not None:
                     instr[k].extend(int(a) for a in v)
-        results.append({**cond, "target_accuracy": {n: summarize(v) for n, v in tgt.items()},
+        results.append({**cond, "chips": chips[i], "target_accuracy": {n: summarize(v) for n, v in tgt.items()},
                         "host_accuracy": {n: summarize(v) for n, v in host.items()},
                         "agreement": {n: _agreement(*logits[n]) for n, v in tgt.items()}})
     ipi = {k: (int(np.mean(v)) if v else None) for k, v in instr.items()}
@@ -193,8 +186,8 @@ def faultrun(bundle_dir: str | Path, test: tuple[torch.Tensor, torch.Tensor] | N
     return {"config": cfg.to_dict(), "target": bundle.target.name, "bits": clean.manifest.bits, "chips": cfg.chips,
             "samples": int(len(x)), "voltage": [r["voltage"] for r in results], "ber": [r["ber"] for r in results],
             "generator": gen_name, "results": results,
-            "target_accuracy": {str(r["voltage"] if r["voltage"] is not None else r["ber"]): r["target_accuracy"] for r in results},
-            "host_accuracy": {str(r["voltage"] if r["voltage"] is not None else r["ber"]): r["host_accuracy"] for r in results},
+            "target_accuracy": {condition_label(r): r["target_accuracy"] for r in results},
+            "host_accuracy": {condition_label(r): r["host_accuracy"] for r in results},
             "agreement": {"min_identical_fraction": identical,
                           "max_logit_diff": max(r["agreement"][n]["max_logit_diff"] for r in results for n in names),
                           "threshold": cfg.min_agreement, "passed": identical >= cfg.min_agreement},

@@ -4,12 +4,21 @@
     logits_base, logits_nf, instructions = res          # unpacks like a 3-tuple
     res.instructions_base, res.instructions_generator  # per-sample int64 arrays (None without a counter)
 
-Bare-metal: one QEMU process per call, `-icount shift=0` (1 instruction = 1 ns of virtual time, so the
-SysTick counts are exactly repeatable), the firmware from the bundle, the weight image placed at the
-descriptor's image address by `-device loader` (one firmware, any image), inputs and outputs as files
-through semihosting, the exit code from exit(). Ticks are converted to instructions with the
-descriptor's factor; `estimated_seconds_*` divide by the descriptor's clock (an estimate: 1 IPC).
-A hang (timeout), a CPU fault or a non-zero exit raises NfedgeError with a one-line reason.
+What may run is decided by nfedge.deploy.emulators (known emulators only, checked arguments; a user's own
+emulator with allow_emulator=PATH). Every run gets its own temp folder, and the guest reaches nothing else:
+
+Bare metal: one QEMU process per pass, `-icount shift=0` (1 instruction = 1 ns of virtual time, so the
+SysTick counts are exactly repeatable), no semihosting. The firmware (a verified copy), the weight image at
+the descriptor's image address and the input block at its input address are placed by QEMU; the firmware
+writes framed records (logits, ticks, status) to its UART, which QEMU captures into uart.bin; the exit
+status is the last record (the firmware then resets, and -no-reboot ends QEMU). More samples than the
+input region holds run in several passes. Ticks are converted to instructions with the descriptor's
+factor; `estimated_seconds_*` divide by the descriptor's clock (an estimate: 1 IPC).
+Linux (Cortex-A): the static runner under qemu-aarch64-static, confined (emulators.confined_argv) to a
+folder holding only the emulator, the runner and its files (input.bin, image.bin -> logits.bin, ticks.bin).
+Host: the bundle's .so files in a Python subprocess: that runs the bundle's native code unconfined, so it
+needs trust_bundle_code=True (as does a Linux bundle on a machine that cannot confine it).
+A hang (timeout), runaway output, a CPU fault or a non-zero status raises NfedgeError with a one-line reason.
 """
 
 from __future__ import annotations
@@ -17,8 +26,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import signal
-import subprocess
+import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -28,19 +37,24 @@ from typing import Any, Iterator
 import numpy as np
 
 from nfedge.deploy.bundle import Bundle, load_bundle
+from nfedge.deploy.emulators import (INPUT_HEADER_BYTES, REC_DONE, REC_EXIT, REC_MESSAGE, REC_SAMPLE, checked_args,
+                                     confined_argv, confinement, is_static_elf, pack_inputs, parse_records,
+                                     qemu_system_argv, resolve_emulator, run_process, tree_bytes)
 from nfedge.errors import NfedgeError
+from nfedge.fileio import sha256_file
 from nfedge.progress import QUIET, Progress
 from nfedge.sram.image import WeightImage, read_image
 
-__all__ = ["TargetResult", "run_on_target", "emulator_command"]
+__all__ = ["TargetResult", "run_on_target", "check_runnable"]
 
-# exit codes of firmware_harness/nfedge_rt.h
+# exit statuses of firmware_harness/nfedge_rt.h (the bare-metal exit record, the Linux runner's exit code)
 _EXIT_REASONS = {
-    2: "file I/O through semihosting failed",
+    2: "reading the inputs or writing the outputs failed",
     3: "a compiled operator returned an error",
     4: "the operator workspace pool was exhausted (build-time bound too small)",
     250: "the CPU faulted (HardFault/MemManage/BusFault/UsageFault) or took an unexpected interrupt",
 }
+_OUTPUT_SLACK = 1 << 16  # bytes of messages allowed on top of the expected outputs before a run is killed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,95 +123,212 @@ def _inputs(inputs, bundle: Bundle) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def emulator_command(bundle: Bundle, image_path: Path) -> list[str]:
-    """The emulator command line for a bundle (bare-metal: the image goes to its fixed address)."""
-    t = bundle.target
-    if t.emulator is None:
-        raise NfedgeError(f"target {t.name} has no emulator")
-    cmd = list(t.emulator.command)
-    if t.is_bare_metal:
-        cmd += ["-M", t.emulator.machine]
-        if t.emulator.cpu:
-            cmd += ["-cpu", t.emulator.cpu]
-        cmd += list(t.emulator.args)
-        cmd += ["-kernel", str(bundle.file("run").resolve()),
-                "-device", f"loader,file={image_path},addr=0x{t.image.origin:08x}"]
-    else:
-        if t.emulator.cpu:
-            cmd += ["-cpu", t.emulator.cpu]
-        cmd += list(t.emulator.args) + [str(bundle.file("run").resolve())]
-    return cmd
-
-
-def _run_process(cmd: list[str], cwd: Path, timeout_s: float, what: str) -> tuple[int, str, str]:
-    try:
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
-    except FileNotFoundError:
-        raise NfedgeError(f"{what}: {cmd[0]!r} was not found on PATH (install it or fix the target descriptor)") from None
-    except OSError as e:
-        raise NfedgeError(f"{what}: cannot start {cmd[0]!r}: {e}") from None
-    try:
-        out, err = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.communicate()
-        raise NfedgeError(f"{what}: no result within {timeout_s:g} s (the emulated program hung, or the "
-                          "timeout is too short for this many samples); the emulator was killed") from None
-    return proc.returncode, out, err
-
-
-def _explain_exit(rc: int, out: str, err: str, what: str) -> NfedgeError:
+def _explain_exit(rc: int, out: str, err: str, what: str, reasons: dict[int, str] = _EXIT_REASONS) -> NfedgeError:
     lines = [ln for ln in (out + "\n" + err).splitlines() if ln.strip()]
     detail = next((ln for ln in lines if ln.startswith("nfedge-error:") or ln.startswith("nfedge:")), None)
     detail = detail or next((ln for ln in lines if "fatal" in ln.lower() or "error" in ln.lower()), None)
     detail = detail or (lines[-1] if lines else "no output")
-    if rc < 0:
-        reason = f"was killed by signal {-rc}"
-    elif rc in _EXIT_REASONS:
-        reason = f"exited with code {rc}: {_EXIT_REASONS[rc]}"
-    elif rc == 134 or "lockup" in (out + err).lower():
+    if "lockup" in (out + err).lower():
         reason = f"aborted (exit {rc}): the CPU locked up (a fault inside a fault handler or bad vector table)"
+    elif rc < 0:
+        reason = f"was killed by signal {-rc}"
+    elif rc in reasons:
+        reason = f"exited with code {rc}: {reasons[rc]}"
+    elif rc == 134:
+        reason = f"aborted (exit {rc})"
     else:
         reason = f"exited with code {rc}"
     return NfedgeError(f"{what} {reason} ({detail.strip()[:200]})")
 
 
-def run_on_target(bundle_dir: str | Path | Bundle, image, inputs, timeout_s: float = 300.0,
-                  progress: Progress = QUIET, verify: bool = True) -> TargetResult:
-    """Run base (and generator) on `inputs` [N, C, H, W] float32 against `image` on the bundle's target."""
-    bundle = bundle_dir if isinstance(bundle_dir, Bundle) else load_bundle(bundle_dir, verify=verify)
-    if timeout_s <= 0:
-        raise NfedgeError(f"timeout_s must be > 0, got {timeout_s}")
-    x = _inputs(inputs, bundle)
-    data = _image_bytes(image, bundle.image_bytes)
+def _copy_verified(bundle: Bundle, key: str, dst: Path) -> Path:
+    """A copy of an entry file in the run's folder, checked against the manifest's sha256 (what is checked is
+    what runs, even if the bundle changes meanwhile)."""
+    src = bundle.file(key)
+    rel = bundle.manifest["entry"][key]
+    shutil.copyfile(src, dst, follow_symlinks=False)
+    if sha256_file(dst) != bundle.digest(rel):
+        raise NfedgeError(f"bundle {bundle.path} is corrupt: {rel} does not match its sha256 in the manifest (rebuild it)")
+    dst.chmod(0o755)
+    return dst
+
+
+def _outputs_per_sample(bundle: Bundle) -> int:
+    return 2 * bundle.num_classes if bundle.has_generator else bundle.num_classes
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    emulator: str | None  # resolved emulator path (None: host, nfedge's own runner)
+    unshare: str | None  # Linux: unshare's path when the guest runs confined, None: unconfined (trusted)
+
+
+def _plan(bundle: Bundle, allow_emulator, trust: bool) -> _Plan:
     t = bundle.target
-    n, k = x.shape[0], bundle.num_classes
     what = f"target {t.name} ({bundle.path})"
+    if t.kind == "host":
+        if not trust:
+            raise NfedgeError(f"{what}: a host bundle is native code (its .so files would run in a Python process on "
+                              "this machine, unconfined); pass trust_bundle_code=True (`nfedge faultrun "
+                              "--trust-bundle-code`) only for a bundle you built or trust")
+        return _Plan(None, None)
+    emu = resolve_emulator(t, allow_emulator)
+    checked_args(t)
+    if t.is_bare_metal:
+        return _Plan(emu, None)
+    unshare, why = confinement()
+    if unshare is not None and not is_static_elf(emu):
+        unshare, why = None, f"{emu} is not statically linked (install qemu-user-static)"
+    if unshare is None and not trust:
+        raise NfedgeError(f"{what}: cannot confine the Linux guest here ({why}), and user-mode QEMU gives it the host's "
+                          "system calls; pass trust_bundle_code=True (`nfedge faultrun --trust-bundle-code`) to run it "
+                          "unconfined, only for a bundle you built or trust")
+    return _Plan(emu, unshare)
+
+
+def check_runnable(bundle: Bundle, allow_emulator: str | Path | None = None, trust_bundle_code: bool = False) -> None:
+    """Refuse, with a one-line NfedgeError and before anything runs, a bundle that nfedge would not run as asked:
+    an unknown emulator (unless allow_emulator names it), a refused emulator argument, a host bundle without
+    trust_bundle_code, a Linux bundle that cannot be confined here without trust_bundle_code."""
+    _plan(bundle, allow_emulator, trust_bundle_code)
+
+
+def _run_bare_metal(bundle: Bundle, plan: _Plan, data: bytes, x: np.ndarray, deadline: float, timeout_s: float,
+                    what: str) -> tuple[np.ndarray, np.ndarray, str, int]:
+    t = bundle.target
+    qemu = plan.emulator
+    per = _outputs_per_sample(bundle)
+    record = 9 + 4 + 4 * per + 24  # framing (sync, type, length, crc) + index + logits + ticks
+    cap = max(1, (t.input.length - INPUT_HEADER_BYTES) // x[0].nbytes)  # samples per pass
+    logits, ticks, texts, peak = [], [], [], 0
     with tempfile.TemporaryDirectory(prefix="nfedge-run-") as d:
         d = Path(d)
-        x.tofile(d / "input.bin")
+        fw = _copy_verified(bundle, "run", d / "firmware.elf")
         (d / "image.bin").write_bytes(data)
-        progress.info(f"run: {n} sample(s) on {t.name}")
-        t0 = time.perf_counter()
+        for start in range(0, x.shape[0], cap):
+            chunk = x[start:start + cap]
+            (d / "input.bin").write_bytes(pack_inputs(chunk))
+            uart = d / "uart.bin"
+            uart.unlink(missing_ok=True)
+            cmd = qemu_system_argv(qemu, t, fw, d / "image.bin", d / "input.bin", uart)
+            rc, out, err = run_process(cmd, d, d, deadline, timeout_s, what, [uart],
+                                        _OUTPUT_SLACK + record * len(chunk))
+            lg, tk, text, peak_c = _decode_uart(uart.read_bytes() if uart.is_file() else b"", rc, out, err,
+                                                len(chunk), per, what)
+            logits.append(lg)
+            ticks.append(tk)
+            texts += text
+            peak = max(peak, peak_c)
+    stdout = "\n".join(texts + [f"nfedge-done samples={x.shape[0]} workspace_peak={peak}"]) + "\n"
+    return np.concatenate(logits), np.concatenate(ticks), stdout, peak
+
+
+def _decode_uart(raw: bytes, rc: int, out: str, err: str, n: int, per: int, what: str):
+    records, junk = parse_records(raw)
+    texts = [r.payload.decode("utf-8", "replace") for r in records if r.type == REC_MESSAGE]
+    if rc != 0:  # QEMU itself failed (bad option, lockup) or was killed: its own exit code, not the firmware's
+        raise _explain_exit(rc, "\n".join(texts) + "\n" + out, err, what.replace("target", "emulator for target", 1), {})
+    exits = [r for r in records if r.type == REC_EXIT]
+    if not exits or len(exits[-1].payload) != 4:
+        seen = texts[-1] if texts else (f"{len(raw)} bytes on its UART, none of them nfedge's records" if raw
+                                        else "nothing on its UART")
+        raise NfedgeError(f"{what} stopped without reporting a status (not nfedge firmware, or it reset early: {seen[:200]})")
+    status = int.from_bytes(exits[-1].payload, "little")
+    if status != 0:
+        raise _explain_exit(status, "\n".join(texts), "", what)
+    samples = [r for r in records if r.type == REC_SAMPLE]
+    done = [r for r in records if r.type == REC_DONE]
+    size = 4 + 4 * per + 24
+    ok = (junk == 0 and len(samples) == n and all(len(r.payload) == size and int.from_bytes(r.payload[:4], "little") == i
+                                                   for i, r in enumerate(samples))
+          and len(done) == 1 and len(done[0].payload) == 8 and int.from_bytes(done[0].payload[:4], "little") == n)
+    if not ok:
+        raise NfedgeError(f"{what} finished without processing all {n} samples ({len(samples)} sample records, "
+                          f"{junk} bytes outside records on its UART)")
+    body = b"".join(r.payload[4:] for r in samples)
+    arr = np.frombuffer(body, dtype=np.uint8).reshape(n, size - 4)
+    logits = arr[:, :4 * per].copy().view("<f4").astype(np.float32)
+    ticks = arr[:, 4 * per:].copy().view("<u8").astype(np.int64)
+    return logits, ticks, texts, int.from_bytes(done[0].payload[4:], "little")
+
+
+def _read_exact(path: Path, dtype, count: int, what: str) -> np.ndarray:
+    try:  # O_NOFOLLOW: the guest wrote this folder, a link in it must not make nfedge read a host file
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise NfedgeError(f"{what} wrote no {path.name}") from None
+    except OSError as e:
+        raise NfedgeError(f"{what}: cannot read {path.name} ({e.strerror}; not a plain file?)") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise NfedgeError(f"{what}: {path.name} is not a regular file")
+        arr = np.frombuffer(f.read(count * np.dtype(dtype).itemsize + 1), dtype=np.uint8)
+    if arr.size != count * np.dtype(dtype).itemsize:
+        raise NfedgeError(f"{what} wrote {arr.size // np.dtype(dtype).itemsize} values to {path.name}, expected {count}")
+    return arr.view(dtype)
+
+
+def _run_with_files(bundle: Bundle, plan: _Plan, data: bytes, x: np.ndarray, deadline: float, timeout_s: float,
+                    what: str) -> tuple[np.ndarray, np.ndarray, str, int | None]:
+    """Linux and host targets: input.bin/image.bin in, logits.bin/ticks.bin and a done line out."""
+    t = bundle.target
+    n, per = x.shape[0], _outputs_per_sample(bundle)
+    with tempfile.TemporaryDirectory(prefix="nfedge-run-") as d:
+        d = Path(d)
+        work = d / "root"  # the guest's whole world when confined
+        work.mkdir()
+        (work / "image.bin").write_bytes(data)
+        x.tofile(work / "input.bin")
         if bundle.kind == "host":
-            cmd = [sys.executable, "-m", "nfedge.deploy.harness", "--host-run", str(bundle.path.resolve()), str(d)]
+            cmd = [sys.executable, "-m", "nfedge.deploy.harness", "--host-run", str(bundle.path), str(work)]
         else:
-            cmd = emulator_command(bundle, d / "image.bin")
-        rc, out, err = _run_process(cmd, d, timeout_s, what)
-        wall = time.perf_counter() - t0
+            _copy_verified(bundle, "run", work / "runner")
+            if plan.unshare is not None:
+                shutil.copyfile(plan.emulator, work / "emulator")  # a copy, not a link: the guest may write its root
+                (work / "emulator").chmod(0o755)
+                cmd = confined_argv(plan.unshare, work, t, "/emulator", "/runner")
+            else:  # trusted and unconfinable: as before this change, in the run's folder
+                cmd = [plan.emulator, *(["-cpu", t.emulator.cpu] if t.emulator.cpu else []), *checked_args(t),
+                       str(work / "runner")]
+        limit = tree_bytes([work]) + _OUTPUT_SLACK + n * (4 * per + 24)
+        rc, out, err = run_process(cmd, work, d, deadline, timeout_s, what, [work], limit)
         if rc != 0:
             raise _explain_exit(rc, out, err, what)
         m = re.search(r"nfedge-done samples=(\d+)", out)
         if not m or int(m.group(1)) != n:
             raise NfedgeError(f"{what} finished without processing all {n} samples "
                               f"(output: {(out.strip().splitlines() or ['none'])[-1][:200]})")
-        per = 2 * k if bundle.has_generator else k
-        logits = _read_exact(d / "logits.bin", np.float32, n * per, what).reshape(n, per)
-        ticks = _read_exact(d / "ticks.bin", np.uint64, n * 3, what).reshape(n, 3).astype(np.int64)
+        logits = _read_exact(work / "logits.bin", np.float32, n * per, what).reshape(n, per).copy()
+        ticks = _read_exact(work / "ticks.bin", np.uint64, n * 3, what).reshape(n, 3).astype(np.int64)
+    ws = re.search(r"workspace_peak=(\d+)", out)
+    return logits, ticks, out, int(ws.group(1)) if ws and bundle.kind != "host" else None
+
+
+def run_on_target(bundle_dir: str | Path | Bundle, image, inputs, timeout_s: float = 300.0,
+                  progress: Progress = QUIET, verify: bool = True, allow_emulator: str | Path | None = None,
+                  trust_bundle_code: bool = False) -> TargetResult:
+    """Run base (and generator) on `inputs` [N, C, H, W] float32 against `image` on the bundle's target.
+
+    allow_emulator: a program (path or name on PATH) the user trusts as the emulator when the bundle's
+    descriptor names one nfedge does not know. trust_bundle_code: run native code from the bundle outside
+    any confinement (host bundles always; Linux bundles where this machine cannot confine them)."""
+    bundle = bundle_dir if isinstance(bundle_dir, Bundle) else load_bundle(bundle_dir, verify=verify)
+    if timeout_s <= 0:
+        raise NfedgeError(f"timeout_s must be > 0, got {timeout_s}")
+    x = _inputs(inputs, bundle)
+    data = _image_bytes(image, bundle.image_bytes)
+    t = bundle.target
+    k = bundle.num_classes
+    what = f"target {t.name} ({bundle.path})"
+    plan = _plan(bundle, allow_emulator, trust_bundle_code)  # refuse before anything is written or run
+    progress.info(f"run: {x.shape[0]} sample(s) on {t.name}")
+    t0 = time.perf_counter()
+    deadline = time.monotonic() + timeout_s
+    if t.is_bare_metal:
+        logits, ticks, out, peak = _run_bare_metal(bundle, plan, data, x, deadline, timeout_s, what)
+    else:
+        logits, ticks, out, peak = _run_with_files(bundle, plan, data, x, deadline, timeout_s, what)
+    wall = time.perf_counter() - t0
     ipt = t.instructions_per_tick
     instr = None if ipt is None else np.rint(ticks * ipt).astype(np.int64)
     has_gen = bundle.has_generator
@@ -211,25 +342,13 @@ def run_on_target(bundle_dir: str | Path | Bundle, image, inputs, timeout_s: flo
             return None
         return float(instr[:, col].mean() / t.clock_hz)
 
-    ws = re.search(r"workspace_peak=(\d+)", out)
-
     return TargetResult(
         logits_base=logits[:, :k].copy(), logits_nf=logits[:, k:].copy() if has_gen else None,
         instructions_base=None if instr is None else instr[:, 0].copy(),
         instructions_generator=None if instr is None or not has_gen else instr[:, 1].copy(),
         instructions_base_nf=None if instr is None or not has_gen else instr[:, 2].copy(),
         ticks=ticks, timer=t.timer, estimated_seconds_base=est(0), estimated_seconds_generator=est(1),
-        wall_seconds=wall, workspace_peak_bytes=int(ws.group(1)) if ws and bundle.kind != "host" else None,
-        target=t.name, stdout=out)
-
-
-def _read_exact(path: Path, dtype, count: int, what: str) -> np.ndarray:
-    if not path.is_file():
-        raise NfedgeError(f"{what} wrote no {path.name}")
-    arr = np.fromfile(path, dtype=dtype)
-    if arr.size != count:
-        raise NfedgeError(f"{what} wrote {arr.size} values to {path.name}, expected {count}")
-    return arr
+        wall_seconds=wall, workspace_peak_bytes=peak, target=t.name, stdout=out)
 
 
 # ------------------------------------------------------------------ host target: the Relax VM runner

@@ -7,11 +7,14 @@ to the checkout's top-level targets/ folder), so an installed nfedge finds them 
     load_target("arm-cortex")            # an alias file: alias = "cortex-m55"
     load_target("path/to/my-board.toml") # any descriptor file
     list_targets()                       # ["arm-cortex", "cortex-a72", "cortex-m4", "cortex-m55", "host"]
+    text, source, aliases = descriptor_text("arm-cortex")  # the resolved file's text (a bundle keeps a copy)
+    parse_target(text, "target.toml")    # a descriptor from its text (how a bundle's own copy is read)
 
 A descriptor holds the TVM target (a JSON dict), the toolchain, the emulator, the memory map (code, RAM
 and, for bare-metal targets, the fixed address where the weight image is loaded), the clock (for an
 *estimated* time) and the timer-to-instructions factor. Kinds:
-  bare-metal  Cortex-M under qemu-system-arm: firmware.elf, image placed at memory.image.origin
+  bare-metal  Cortex-M under qemu-system-arm: firmware.elf, image placed at memory.image.origin, the input
+              samples at memory.input.origin, outputs on the CMSDK UART at io.uart (no semihosting)
   linux       aarch64 user space under qemu-user: a static runner, image read from a file
   host        the build machine: tvm.compile + export_library, run by the Relax VM
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -28,12 +32,14 @@ from typing import Any
 from nfedge.errors import NfedgeError
 
 __all__ = ["MemoryRegion", "Toolchain", "Emulator", "TargetDescriptor", "load_target", "list_targets",
-           "KINDS", "DEFAULT_TARGET"]
+           "descriptor_text", "parse_target", "KINDS", "DEFAULT_TARGET"]
 
 KINDS = ("bare-metal", "linux", "host")
 TIMERS = ("systick", "wall", "none")
 DEFAULT_TARGET = "arm-cortex"
 _MAX_ALIAS_DEPTH = 8
+# QEMU machine and CPU names: no commas (QEMU would read ",key=value" sub-options from them), no spaces
+_QEMU_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +95,8 @@ class TargetDescriptor:
     source: str  # the file it was read from
     boot: MemoryRegion | None = None  # where the reset vector table must sit (bare metal; default: code)
     aliases: tuple[str, ...] = ()  # names that led here (e.g. "arm-cortex")
+    input: MemoryRegion | None = None  # bare metal: where the emulator's loader places the input samples
+    uart: int | None = None  # bare metal: base address of the CMSDK APB UART that QEMU's first -serial captures
 
     @property
     def tvm_target_dict(self) -> dict[str, Any]:
@@ -118,8 +126,9 @@ class TargetDescriptor:
             "toolchain": dataclasses.asdict(self.toolchain),
             "emulator": dataclasses.asdict(self.emulator) if self.emulator else None,
             "memory": {k: (getattr(self, k).to_dict() if getattr(self, k) else None)
-                       for k in ("boot", "code", "ram", "image")}
+                       for k in ("boot", "code", "ram", "image", "input")}
                       | {"stack_bytes": self.stack_bytes, "heap_bytes": self.heap_bytes},
+            "io": {"uart": self.uart, "uart_hex": None if self.uart is None else f"0x{self.uart:08x}"},
             "timing": {"clock_hz": self.clock_hz, "timer": self.timer,
                        "instructions_per_tick": self.instructions_per_tick},
             "source": self.source, "aliases": list(self.aliases),
@@ -135,39 +144,59 @@ def list_targets() -> list[str]:
     return sorted(p.name[:-5] for p in _targets_dir().iterdir() if p.name.endswith(".toml"))
 
 
-def _read_toml(name_or_path: str | Path) -> tuple[dict[str, Any], str]:
+def _read_text(name_or_path: str | Path) -> tuple[str, str]:
     s = str(name_or_path)
     if s.endswith(".toml") or "/" in s or "\\" in s:
         p = Path(s)
         if not p.is_file():
             raise NfedgeError(f"target descriptor {p} does not exist")
-        text, source = p.read_text(), str(p)
-    else:
-        res = _targets_dir() / f"{s.lower()}.toml"
-        if not res.is_file():
-            raise NfedgeError(f"unknown target {s!r}; known: {', '.join(list_targets())} "
-                              "(or pass the path of a descriptor .toml)")
-        text, source = res.read_text(), str(res)
+        return p.read_text(), str(p)
+    res = _targets_dir() / f"{s.lower()}.toml"
+    if not res.is_file():
+        raise NfedgeError(f"unknown target {s!r}; known: {', '.join(list_targets())} "
+                          "(or pass the path of a descriptor .toml)")
+    return res.read_text(), str(res)
+
+
+def _toml(text: str, source: str) -> dict[str, Any]:
     try:
-        return tomllib.loads(text), source
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise NfedgeError(f"target descriptor {source}: invalid TOML ({e})") from None
 
 
-def load_target(name_or_path: str | Path = DEFAULT_TARGET) -> TargetDescriptor:
-    """Read and validate a target descriptor by name (built-in) or path; aliases are followed."""
+def descriptor_text(name_or_path: str | Path = DEFAULT_TARGET) -> tuple[str, str, tuple[str, ...]]:
+    """(text, source, aliases) of the descriptor file that a name or path resolves to, aliases followed.
+
+    The text is what a bundle copies in as its own target.toml, so that running the bundle never depends
+    on an installed or external descriptor that may have changed since the build."""
     aliases: list[str] = []
     current: str | Path = name_or_path
     for _ in range(_MAX_ALIAS_DEPTH):
-        data, source = _read_toml(current)
+        text, source = _read_text(current)
+        data = _toml(text, source)
         if "alias" in data:
             if set(data) != {"alias"} or not isinstance(data["alias"], str):
                 raise NfedgeError(f"target descriptor {source}: an alias file holds only alias = \"<target name>\"")
             aliases.append(Path(source).stem)
             current = data["alias"]
             continue
-        return _parse(data, source, tuple(aliases))
+        return text, source, tuple(aliases)
     raise NfedgeError(f"target {name_or_path!r}: alias chain longer than {_MAX_ALIAS_DEPTH} (a loop?)")
+
+
+def parse_target(text: str, source: str, aliases: tuple[str, ...] = ()) -> TargetDescriptor:
+    """A descriptor from its TOML text; an alias file is refused (a bundle's copy is the resolved file)."""
+    data = _toml(text, source)
+    if "alias" in data:
+        raise NfedgeError(f"target descriptor {source}: is an alias file, not a descriptor")
+    return _parse(data, source, aliases)
+
+
+def load_target(name_or_path: str | Path = DEFAULT_TARGET) -> TargetDescriptor:
+    """Read and validate a target descriptor by name (built-in) or path; aliases are followed."""
+    text, source, aliases = descriptor_text(name_or_path)
+    return parse_target(text, source, aliases)
 
 
 class _Reader:
@@ -217,7 +246,7 @@ class _Reader:
 
 def _parse(data: dict[str, Any], source: str, aliases: tuple[str, ...]) -> TargetDescriptor:
     r = _Reader(data, source)
-    known = {"name", "description", "kind", "tvm", "toolchain", "emulator", "memory", "timing"}
+    known = {"name", "description", "kind", "tvm", "toolchain", "emulator", "memory", "io", "timing"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise NfedgeError(f"target descriptor {source}: unknown key(s) {', '.join(unknown)}")
@@ -233,22 +262,35 @@ def _parse(data: dict[str, Any], source: str, aliases: tuple[str, ...]) -> Targe
                           cflags=tc.strings("cflags", ()), ldflags=tc.strings("ldflags", ()))
     em = r.table("emulator", required=kind != "host")
     emulator = None
+    if em is not None and kind == "host":  # the host target is run by nfedge's own runner, never a named program
+        raise NfedgeError(f"target descriptor {source}: a host target takes no [emulator] (nfedge runs it itself)")
     if em is not None:
         emulator = Emulator(command=em.strings("command"), machine=em.get("machine", str, None),
                             cpu=em.get("cpu", str, None), args=em.strings("args", ()))
         if not emulator.command:
             raise NfedgeError(f"target descriptor {source}: emulator.command is empty")
+        for key in ("machine", "cpu"):
+            v = getattr(emulator, key)
+            if v is not None and not _QEMU_NAME.fullmatch(v):
+                raise NfedgeError(f"target descriptor {source}: emulator.{key} {v!r} is not a plain name "
+                                  "(letters, digits, '.', '_', '-')")
     mem = r.table("memory")
     boot = mem.region("boot", required=False)
     code = mem.region("code", required=kind == "bare-metal")
     ram = mem.region("ram")
     image = mem.region("image", required=kind == "bare-metal")
+    input_ = mem.region("input", required=kind == "bare-metal")
     stack_bytes = mem.get("stack_bytes", int, 0x8000)
     heap_bytes = mem.get("heap_bytes", int, 0x8000)
-    if kind != "bare-metal" and boot is not None:
-        raise NfedgeError(f"target descriptor {source}: memory.boot only applies to bare-metal targets")
+    io = r.table("io", required=kind == "bare-metal")
+    uart = io.get("uart", int) if io is not None else None
+    if kind != "bare-metal" and (boot is not None or input_ is not None or io is not None):
+        raise NfedgeError(f"target descriptor {source}: memory.boot, memory.input and [io] only apply to bare-metal "
+                          "targets")
     if kind == "bare-metal":
-        regions = [r for r in (boot, code, ram, image) if r is not None]
+        if not 0 < uart < 1 << 32 or uart % 4:
+            raise NfedgeError(f"target descriptor {source}: io.uart must be a word-aligned 32-bit address, got {uart:#x}")
+        regions = [r for r in (boot, code, ram, image, input_) if r is not None]
         for i, a in enumerate(regions):
             for b in regions[i + 1:]:
                 if not a.overlaps(b):
@@ -271,4 +313,4 @@ def _parse(data: dict[str, Any], source: str, aliases: tuple[str, ...]) -> Targe
         tvm_target_json=json.dumps(tvm_t, sort_keys=True), toolchain=toolchain, emulator=emulator,
         code=code, ram=ram, image=image, stack_bytes=stack_bytes, heap_bytes=heap_bytes,
         clock_hz=clock, timer=timer, instructions_per_tick=ipt if timer == "systick" else None,
-        source=source, boot=boot, aliases=aliases)
+        source=source, boot=boot, aliases=aliases, input=input_, uart=uart)

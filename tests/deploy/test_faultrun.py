@@ -1,36 +1,16 @@
 """build + faultrun through the CLI on the real emulator (cnn-xs, a tiny generator, cortex-m55)."""
 
 import json
-import subprocess
-import sys
 
 import pytest
+from conftest import run_nfedge as nfedge
 
 pytestmark = [pytest.mark.emulator, pytest.mark.slow]
 
 
-def nfedge(*args):
-    return subprocess.run([sys.executable, "-m", "nfedge", *map(str, args)], capture_output=True, text=True)
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    d = tmp_path_factory.mktemp("fr")
-    r = nfedge("train-base", "--model", "cnn-xs", "--epochs", 1, "--train-limit", 2000, "--test-limit", 200, "--out", d / "base")
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert nfedge("quantize", "--checkpoint", d / "base" / "base.pt", "--bits", 6, "--out", d / "img").returncode == 0
-    r = nfedge("train", "--base", d / "base" / "base.pt", "--image", d / "img", "--generator", "ConvT", "--max-steps", 2,
-               "--n-perturbed", 2, "--batch-size", 8, "--out", d / "gen")
-    assert r.returncode == 0, r.stderr[-2000:]
-    r = nfedge("build", "--target", "arm-cortex", "--bits", 6, "--base", d / "base" / "base.pt", "--image", d / "img",
-               "--generator", d / "gen" / "generator.pt", "--out", d / "bundle")
-    assert r.returncode == 0, r.stderr[-2000:]
-    return d
-
-
-def test_faultrun_json_and_agreement(bundle):
-    r = nfedge("faultrun", "--bundle", bundle / "bundle", "--voltage", 0.875, "--voltage", 0.833, "--chips", 2,
-               "--samples", 6, "--json", "--out", bundle / "fr.json")
+def test_faultrun_json_and_agreement(fr_bundle):
+    r = nfedge("faultrun", "--bundle", fr_bundle / "bundle", "--voltage", 0.875, "--voltage", 0.833, "--chips", 2,
+               "--samples", 6, "--json", "--out", fr_bundle / "fr.json")
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(r.stdout)
     for key in ("target", "bits", "voltage", "ber", "chips", "samples", "target_accuracy", "host_accuracy", "agreement",
@@ -42,20 +22,20 @@ def test_faultrun_json_and_agreement(bundle):
     assert ipi["base"] > 100_000 and ipi["generator"] > 10_000  # deterministic QEMU -icount counts
     for row in res["results"]:  # target and host see the same chips: the same accuracy
         assert row["target_accuracy"]["base"]["per_chip"] == row["host_accuracy"]["base"]["per_chip"]
-    assert json.loads((bundle / "fr.json").read_text())["samples"] == 6
+    assert json.loads((fr_bundle / "fr.json").read_text())["samples"] == 6
 
 
-def test_faultrun_rejects_corrupt_bundle(bundle, tmp_path):
+def test_faultrun_rejects_corrupt_bundle(fr_bundle, tmp_path):
     import shutil
 
     bad = tmp_path / "bad"
-    shutil.copytree(bundle / "bundle", bad)
+    shutil.copytree(fr_bundle / "bundle", bad)
     fw = next(p for p in bad.iterdir() if p.suffix == ".elf")
     fw.write_bytes(fw.read_bytes()[:-4])
     r = nfedge("faultrun", "--bundle", bad, "--voltage", 0.9, "--chips", 1, "--samples", 1)
     assert r.returncode == 1 and "corrupt" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_faultrun_names_chip_and_voltage_when_emulator_hangs(bundle):
-    r = nfedge("faultrun", "--bundle", bundle / "bundle", "--voltage", 0.833, "--chips", 1, "--samples", 4, "--timeout", 0.2)
+def test_faultrun_names_chip_and_voltage_when_emulator_hangs(fr_bundle):
+    r = nfedge("faultrun", "--bundle", fr_bundle / "bundle", "--voltage", 0.833, "--chips", 1, "--samples", 4, "--timeout", 0.2)
     assert r.returncode == 1 and "chip 0 at 0.833 V/Vmin" in r.stderr

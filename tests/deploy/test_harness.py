@@ -182,7 +182,9 @@ def test_host_target_matches_torch(model, tmp_path):
     image = build_image(model, 8)
     b = build_for_target(BuildConfig(target="host"), model, image, g, tmp_path / "host")
     x = _inputs(2)
-    res = run_on_target(b.path, image, x, timeout_s=300)
+    with pytest.raises(NfedgeError, match="host bundle is native code.*trust_bundle_code"):
+        run_on_target(b.path, image, x, timeout_s=300)  # loading a bundle's .so is running its code: opt in
+    res = run_on_target(b.path, image, x, timeout_s=300, trust_bundle_code=True)  # built here, so trusted
     base, nf = _ref(model, image.manifest, image.codes, x, g)
     _close(res.logits_base, base)
     _close(res.logits_nf, nf)

@@ -110,8 +110,8 @@ def test_tuned_build_gives_the_untuned_outputs(tmp_path, model_and_image, tuned_
     x = rng.random((4, 1, 32, 32), dtype=np.float32) * 2 - 1
     faulty = image.codes.copy()
     faulty[rng.integers(0, faulty.size, 50)] ^= 0x11  # the image is an input: any bytes, same graph
-    a = run_on_target(plain, faulty.tobytes(), x, timeout_s=120).logits_base
-    b = run_on_target(tuned, faulty.tobytes(), x, timeout_s=120).logits_base
+    a = run_on_target(plain, faulty.tobytes(), x, timeout_s=120, trust_bundle_code=True).logits_base  # built here
+    b = run_on_target(tuned, faulty.tobytes(), x, timeout_s=120, trust_bundle_code=True).logits_base
     assert np.all(np.isfinite(a)) and np.abs(a).max() > 1e-3
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
 
