@@ -10,7 +10,7 @@
  * the outputs and the status go out as framed records on the UART.
  *
  * Linux targets (a static runner, run confined to the run's temp folder): plain stdio files in the
- * working directory: input.bin (float32 samples back to back, N = file size / sample size), image.bin,
+ * working directory: input.bin (samples back to back: float32, or int8 in integer mode; N = file size / sample size), image.bin,
  * logits.bin, ticks.bin; the last stdout line is "nfedge-done samples=N workspace_peak=B" on success.
  */
 #include <stdint.h>
@@ -21,14 +21,15 @@
 #include "model.h"
 #include "nfedge_rt.h"
 
-#define SAMPLE_FLOATS (NFEDGE_IN_C * NFEDGE_IN_H * NFEDGE_IN_W)
-#define SAMPLE_BYTES (SAMPLE_FLOATS * sizeof(float))
+/* nfedge_input_t / nfedge_logit_t (model.h): float / float in weight-only mode, int8_t / int32_t in integer mode */
+#define SAMPLE_ELEMS (NFEDGE_IN_C * NFEDGE_IN_H * NFEDGE_IN_W)
+#define SAMPLE_BYTES (SAMPLE_ELEMS * sizeof(nfedge_input_t))
 
-static float x_buf[SAMPLE_FLOATS] __attribute__((aligned(16)));
+static nfedge_input_t x_buf[SAMPLE_ELEMS] __attribute__((aligned(16)));
 #if NFEDGE_HAS_GENERATOR
-static float fx_buf[SAMPLE_FLOATS] __attribute__((aligned(16)));
+static nfedge_input_t fx_buf[SAMPLE_ELEMS] __attribute__((aligned(16)));
 #endif
-static float logits[2 * NFEDGE_NUM_CLASSES] __attribute__((aligned(16)));
+static nfedge_logit_t logits[2 * NFEDGE_NUM_CLASSES] __attribute__((aligned(16)));
 
 #ifdef NFEDGE_UART_ADDR /* ------------------------------------------------ bare metal: memory + UART */
 
@@ -56,7 +57,7 @@ static const char *io_open(void) {
 }
 
 /* 1: a sample in x, 0: no more samples, -1: error */
-static int io_next(float *x) {
+static int io_next(nfedge_input_t *x) {
   if (in_left == 0) return 0;
   memcpy(x, in_next, SAMPLE_BYTES);
   in_next += SAMPLE_BYTES;
@@ -64,8 +65,8 @@ static int io_next(float *x) {
   return 1;
 }
 
-static int io_emit(uint32_t index, const float *out, size_t k, const uint64_t ticks[3]) {
-  nfedge_record(NFEDGE_REC_SAMPLE, &index, 4, out, (uint32_t)(k * sizeof(float)), ticks, 3 * sizeof(uint64_t));
+static int io_emit(uint32_t index, const nfedge_logit_t *out, size_t k, const uint64_t ticks[3]) {
+  nfedge_record(NFEDGE_REC_SAMPLE, &index, 4, out, (uint32_t)(k * sizeof(nfedge_logit_t)), ticks, 3 * sizeof(uint64_t));
   return 0;
 }
 
@@ -102,15 +103,15 @@ static const char *io_open(void) {
   return fin && flog && ftick ? NULL : "cannot open input.bin/logits.bin/ticks.bin";
 }
 
-static int io_next(float *x) {
-  size_t got = fread(x, sizeof(float), SAMPLE_FLOATS, fin);
+static int io_next(nfedge_input_t *x) {
+  size_t got = fread(x, sizeof(nfedge_input_t), SAMPLE_ELEMS, fin);
   if (got == 0) return 0;
-  return got == SAMPLE_FLOATS ? 1 : -1;
+  return got == SAMPLE_ELEMS ? 1 : -1;
 }
 
-static int io_emit(uint32_t index, const float *out, size_t k, const uint64_t ticks[3]) {
+static int io_emit(uint32_t index, const nfedge_logit_t *out, size_t k, const uint64_t ticks[3]) {
   (void)index;
-  return fwrite(out, sizeof(float), k, flog) == k && fwrite(ticks, sizeof(uint64_t), 3, ftick) == 3 ? 0 : -1;
+  return fwrite(out, sizeof(nfedge_logit_t), k, flog) == k && fwrite(ticks, sizeof(uint64_t), 3, ftick) == 3 ? 0 : -1;
 }
 
 static int io_close(uint32_t n) {

@@ -14,7 +14,6 @@ from nfedge.cli.common import (
     data_options,
     default_chips,
     emit,
-    integer_ranges,
     load_bases,
     mode_option,
 )
@@ -61,7 +60,7 @@ def evaluate_cmd(base_path, image_dir, generator_paths, voltages, bers, chips, f
 
     from nfedge.analysis.evaluate import EvaluateConfig, evaluate
     from nfedge.data import load_dataset
-    from nfedge.integer.calibrate import calibrate_programs
+    from nfedge.integer.calibrate import calibrate_programs, checkpoint_ranges
     from nfedge.train.eopm import load_generator
 
     ((model, image, meta),) = load_bases([base_path], [image_dir])
@@ -76,7 +75,7 @@ def evaluate_cmd(base_path, image_dir, generator_paths, voltages, bers, chips, f
     programs = None
     if mode == "integer":
         calib, _, _ = load_dataset(dataclasses.replace(data, train_limit=calib_images, test_limit=1, seed=0))
-        programs = calibrate_programs(model, image, gens, calib.tensors[0], integer_ranges(meta))
+        programs = calibrate_programs(model, image, gens, calib.tensors[0], checkpoint_ranges(meta))
     r = evaluate(model, image, test.tensors, cfg, generators=gens, programs=programs)
     emit(r, as_json, out, _format_eval(r))
 

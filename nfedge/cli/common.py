@@ -86,8 +86,3 @@ def mode_option(fn):
     return click.option("--mode", default="weight-only", show_default=True, type=click.Choice(["weight-only", "integer"]),
                         help="weight-only: float layers on the image's codes (the paper); integer: int8 activations, "
                         "int32 accumulators, fixed-point rescaling (docs/INTEGER.md)")(fn)
-
-
-def integer_ranges(meta: dict) -> dict | None:
-    """The activation ranges a `train-base --mode integer` checkpoint froze (None for any other checkpoint)."""
-    return (meta.get("meta", {}).get("integer") or {}).get("ranges")

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from nfedge.cli.common import calibration_option, cli, condition_cells, default_chips, emit, load_bases
+from nfedge.cli.common import calibration_option, cli, condition_cells, default_chips, emit, load_bases, mode_option
 from nfedge.errors import NfedgeError
 
 
@@ -17,15 +17,18 @@ from nfedge.errors import NfedgeError
 @click.option("--image", "image_dir", required=True, help="its clean memory image")
 @click.option("--generator", "generator_path", help="generator checkpoint (omit: base model alone)")
 @click.option("--tuning-db", type=click.Path(file_okay=False), help="host target: schedules from `nfedge tune --db`")
+@mode_option
+@click.option("--calib-images", default=512, show_default=True, type=int,
+              help="integer mode: seeded training images that calibrate the integer programs")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="bundle directory")
-def build_cmd(target, bits, base_path, image_dir, generator_path, tuning_db, out):
+def build_cmd(target, bits, base_path, image_dir, generator_path, tuning_db, mode, calib_images, out):
     """Compile generator (nominal voltage) and base model (weights from the image) with TVM for a target."""
     from nfedge.deploy.build import BuildConfig
     from nfedge.deploy.faultrun import build_bundle
 
     load_bases([base_path], [image_dir])  # the image must come from this checkpoint
-    b = build_bundle(BuildConfig(target=target, bits=bits, tuning_db=tuning_db), base_path, image_dir, generator_path,
-                     out)
+    b = build_bundle(BuildConfig(target=target, bits=bits, tuning_db=tuning_db, mode=mode, calib_images=calib_images),
+                     base_path, image_dir, generator_path, out)
     sizes = b.manifest.get("sizes", {})
     click.echo(f"wrote {out} for {b.target.name}: " + ", ".join(f"{k} {v}" for k, v in sizes.items() if isinstance(v, int)),
                err=True)
@@ -102,16 +105,18 @@ def faultrun_cmd(bundle_dir, voltages, bers, chips, samples, fault, fault_map, i
                          fault=fault, fault_map=fault_map, images=tuple(images), calibration=calibration,
                          min_agreement=min_agreement, jobs=jobs, timeout_s=timeout_s)
     r = faultrun(bundle_dir, None, cfg, allow_emulator=allow_emulator, trust_bundle_code=trust_bundle_code)
-    lines = [f"target {r['target']}, {r['bits']}-bit, {r['chips']} chips x {r['samples']} samples",
+    lines = [f"target {r['target']}, {r['mode']} mode, {r['bits']}-bit, {r['chips']} chips x {r['samples']} samples",
              "| V/Vmin (or image) | BER | model | target acc | host acc | identical | max logit diff |", "|---|---|---|---|---|---|---|"]
     for row in r["results"]:
         for n, acc in row["target_accuracy"].items():
             ag = row["agreement"][n]
             lines.append(f"| {condition_cells(row)} | {n} | {acc['mean']:.2f}+-{acc['std']:.2f} | "
                          f"{row['host_accuracy'][n]['mean']:.2f} | {100 * ag['identical_fraction']:.1f}% | {ag['max_logit_diff']:.2e} |")
+    lines.append(f"identical output numbers (every logit, bit for bit): {100 * r['agreement']['identical_outputs']:.1f}%")
     lines.append(f"instructions per inference: {r['instructions_per_inference']}")
     emit(r, as_json, out, "\n".join(lines))
     a = r["agreement"]
     if not a["passed"]:
         raise NfedgeError(f"host and target disagree: {100 * a['min_identical_fraction']:.2f}% identical predictions "
-                          f"< {100 * a['threshold']:.2f}%")
+                          f"(threshold {100 * a['threshold']:.2f}%), {100 * a['identical_outputs']:.2f}% identical outputs"
+                          + (" (integer mode: every output must be identical)" if r["mode"] == "integer" else ""))

@@ -11,7 +11,6 @@ from nfedge.cli.common import (
     cli,
     data_config,
     data_options,
-    integer_ranges,
     load_bases,
     mode_option,
 )
@@ -114,6 +113,7 @@ def train_cmd(base_paths, image_dirs, generator, ber, voltage, fault, calibratio
 
     from nfedge.data import load_dataset
     from nfedge.fileio import atomic_write_json
+    from nfedge.integer.calibrate import checkpoint_ranges
     from nfedge.train.eopm import EOPMConfig, save_generator, train_generator
 
     bases = load_bases(base_paths, image_dirs)
@@ -128,7 +128,7 @@ def train_cmd(base_paths, image_dirs, generator, ber, voltage, fault, calibratio
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     train, _, info = load_dataset(data)
     gen, log = train_generator(cfg, [(m, i) for m, i, _ in bases], train, info.channels, info.image_size,
-                               base_ranges=[integer_ranges(meta) for _, _, meta in bases])
+                               base_ranges=[checkpoint_ranges(meta) for _, _, meta in bases])
     if not distributed or dist.get_rank() == 0:
         meta = {"config": cfg.to_dict(), "data": data.to_dict(), **log,
                 "bases": [{"checkpoint": str(b), "image_sha256": i.manifest.image_sha256} for b, (_, i, _) in zip(base_paths, bases)]}

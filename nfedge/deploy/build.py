@@ -26,31 +26,46 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+import shutil
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from nfedge import __version__
 from nfedge.config import StageConfig, require
-from nfedge.deploy.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST, TARGET_FILE, Bundle, load_bundle
+from nfedge.deploy.bundle import (
+    BUNDLE_FORMAT,
+    BUNDLE_VERSION,
+    MANIFEST,
+    TARGET_FILE,
+    Bundle,
+    check_relative_path,
+    load_bundle,
+)
 from nfedge.deploy.codegen import c_symbol, generate_c, memory_ld, plan_program
 from nfedge.deploy.emulators import INPUT_HEADER_BYTES
 from nfedge.deploy.export import ImageWeightedModel, NeuralFuseFront, image_tensor
+from nfedge.deploy.integer_graph import integer_relax_graphs
 from nfedge.deploy.lower import SCHEDULES, lower_relax, relax_graphs
 from nfedge.deploy.targets import TargetDescriptor, descriptor_text, parse_target
 from nfedge.deploy.toolchain import firmware_dir, run_tool, section_sizes, tvm_ffi_include, which_tool
 from nfedge.deploy.tuning_db import load_tuning_db
 from nfedge.errors import NfedgeError
 from nfedge.fileio import atomic_dir, atomic_write_json, sha256_file
+from nfedge.integer.calibrate import CALIBRATION_IMAGES
+from nfedge.integer.program import Program, program_to_dict
 from nfedge.progress import QUIET, Progress
 from nfedge.quant import check_bits
 from nfedge.sram.image import WeightImage, write_image
 
-__all__ = ["BuildConfig", "build_for_target", "check_build_inputs"]
+__all__ = ["BuildConfig", "build_for_target", "check_build_inputs", "check_programs", "MODES"]
+
+MODES = ("weight-only", "integer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,8 +80,12 @@ class BuildConfig(StageConfig):
     workspace_bytes: int = 0  # operator scratch pool; 0 = the bound computed from the operators
     timeout_s: float = 600.0  # per toolchain command
     tuning_db: str | None = None  # MetaSchedule database directory written by `nfedge tune` (host target only)
+    mode: str = "weight-only"  # weight-only: float layers on the image's codes; integer: docs/INTEGER.md
+    calib_images: int = CALIBRATION_IMAGES  # integer mode: seeded training images that calibrate the programs
 
     def validate(self) -> None:
+        require(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        require(isinstance(self.calib_images, int) and self.calib_images >= 1, "calib_images must be >= 1")
         require(isinstance(self.target, str) and self.target != "", "target must be a non-empty name or path")
         if self.bits is not None:
             check_bits(self.bits)
@@ -104,8 +123,13 @@ def check_build_inputs(cfg: BuildConfig, base_model: nn.Module, image: WeightIma
 
 
 def build_for_target(cfg: BuildConfig, base_model: nn.Module, image: WeightImage, generator: nn.Module | None,
-                     out_dir: str | Path, progress: Progress = QUIET) -> Bundle:
-    """Compile base model (+ generator) for cfg.target and write the bundle directory atomically."""
+                     out_dir: str | Path, progress: Progress = QUIET, programs: dict[str, Program] | None = None,
+                     extra_files: dict[str, Path] | None = None) -> Bundle:
+    """Compile base model (+ generator) for cfg.target and write the bundle directory atomically.
+
+    Integer mode compiles the calibrated integer `programs` ("base", and "generator" with a generator) and keeps
+    them in the bundle (integer/*.json), so the host side of a fault run computes exactly what was built.
+    `extra_files` {bundle path: file} are copied in before the manifest seals every file's sha256."""
     t_start = time.perf_counter()
     # The bundle keeps this exact text as its own target.toml: running it never reads another descriptor.
     target_text, target_source, aliases = descriptor_text(cfg.target)
@@ -119,7 +143,10 @@ def build_for_target(cfg: BuildConfig, base_model: nn.Module, image: WeightImage
     if target.is_bare_metal and image_bytes > target.image.length:
         raise NfedgeError(f"the model does not fit target {target.name}: the weight image is {image_bytes} bytes but "
                           f"its image region {target.image.name} holds {target.image.length} bytes")
-    sample_bytes = 4 * cfg.input_shape[0] * cfg.input_shape[1] * cfg.input_shape[2]  # float32
+    integer = cfg.mode == "integer"
+    if integer:
+        check_programs(programs, image, generator is not None)
+    sample_bytes = (1 if integer else 4) * cfg.input_shape[0] * cfg.input_shape[1] * cfg.input_shape[2]  # int8 | float32
     if target.is_bare_metal and sample_bytes + INPUT_HEADER_BYTES > target.input.length:
         raise NfedgeError(f"the model does not fit target {target.name}: one input sample is {sample_bytes} bytes but "
                           f"its input region {target.input.name} holds {target.input.length} (with a "
@@ -137,7 +164,8 @@ def build_for_target(cfg: BuildConfig, base_model: nn.Module, image: WeightImage
         tuning = load_tuning_db(cfg.tuning_db, target)
 
     progress.info(f"build: importing the base model{' and generator' if generator is not None else ''} into TVM Relax")
-    relax_mods = relax_graphs(cfg.input_shape, base_model, image, generator)
+    relax_mods = (integer_relax_graphs(programs["base"], cfg.input_shape, image, programs.get("generator")) if integer
+                  else relax_graphs(cfg.input_shape, base_model, image, generator))
     tvm_target = target.tvm_target()
 
     out_dir = Path(out_dir)
@@ -150,6 +178,14 @@ def build_for_target(cfg: BuildConfig, base_model: nn.Module, image: WeightImage
             entry, sizes, extra = _build_glue(cfg, target, tvm_target, relax_mods, tmp, image_bytes, input_shape=cfg.input_shape,
                                               num_classes=num_classes, log=log, progress=progress)
         write_image(image, tmp / "image")
+        if integer:
+            (tmp / "integer").mkdir()
+            for name, prog in programs.items():
+                atomic_write_json(tmp / "integer" / f"{name}.json", program_to_dict(prog))
+        for rel, src in (extra_files or {}).items():
+            dst = tmp / check_relative_path(rel, "extra bundle file")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
         (tmp / TARGET_FILE).write_text(target_text)
         (tmp / "build.log").write_text("\n".join(log) + "\n")
         files = {}
@@ -161,7 +197,8 @@ def build_for_target(cfg: BuildConfig, base_model: nn.Module, image: WeightImage
             "config": cfg.to_dict(),
             "target": bundle_target.to_dict(),  # = its target.toml, which load_bundle checks it against
             "entry": entry,
-            "io": {"input_shape": list(cfg.input_shape), "input_dtype": "float32", "num_classes": num_classes,
+            "io": {"input_shape": list(cfg.input_shape), "input_dtype": "int8" if integer else "float32",
+                   "logit_dtype": "int32" if integer else "float32", "mode": cfg.mode, "num_classes": num_classes,
                    "has_generator": generator is not None, "image_bytes": image_bytes,
                    "image_bits": image.manifest.bits, "image_sha256": image.manifest.image_sha256,
                    "image_address": target.image.origin if target.is_bare_metal else None,
@@ -320,3 +357,16 @@ def _build_host(cfg, target, tvm_target, relax_mods, tmp: Path, log: list[str], 
         extra["tuning"] = {"db": str(tuning.path.resolve()), "db_sha256": tuning.sha256,
                            "tvm_target": tuning.target_dict, "tuned_operators": tuned}
     return entry, sizes, extra
+
+
+def check_programs(programs: dict[str, Program] | None, image: WeightImage, has_generator: bool) -> None:
+    """Integer mode: calibrated programs for the base (and the generator), the base's for THIS image's scales."""
+    want = {"base", "generator"} if has_generator else {"base"}
+    if programs is None or set(programs) != want or not all(p.calibrated for p in programs.values()):
+        raise NfedgeError(f"integer mode: the build needs calibrated integer programs for {', '.join(sorted(want))}")
+    entries = {t.name: t for t in image.manifest.tensors}
+    for key, scales in programs["base"].weight_scales.items():
+        t = entries.get(key)
+        if t is None or not np.array_equal(np.broadcast_to(np.asarray(t.scales), (t.shape[0],)), scales):
+            raise NfedgeError(f"integer mode: the base program was calibrated for another image ({key} differs); "
+                              "calibrate it on this one")

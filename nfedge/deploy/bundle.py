@@ -66,6 +66,19 @@ class Bundle:
         return int(self.manifest["io"]["num_classes"])
 
     @property
+    def mode(self) -> str:
+        """weight-only (float32 samples and logits) or integer (int8 samples, int32 logits: docs/INTEGER.md)."""
+        return str(self.manifest["io"].get("mode", "weight-only"))
+
+    @property
+    def input_dtype(self) -> str:
+        return str(self.manifest["io"]["input_dtype"])
+
+    @property
+    def logit_dtype(self) -> str:
+        return str(self.manifest["io"].get("logit_dtype", "float32"))
+
+    @property
     def image_bytes(self) -> int:
         return int(self.manifest["io"]["image_bytes"])
 

@@ -280,8 +280,9 @@ _SYNC = b"NF"
 
 
 def pack_inputs(x: np.ndarray) -> bytes:
-    """The input block for the guest: header (magic, version, count, sample bytes; 64 bytes) + float32 samples."""
-    x = np.ascontiguousarray(x, dtype="<f4")
+    """The input block for the guest: header (magic, version, count, sample bytes; 64 bytes) + the samples
+    (float32, or int8 for an integer bundle), little-endian."""
+    x = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("<"))
     n, sample = x.shape[0], x[0].nbytes
     header = struct.pack("<4I", INPUT_MAGIC, INPUT_VERSION, n, sample).ljust(INPUT_HEADER_BYTES, b"\0")
     return header + x.tobytes()

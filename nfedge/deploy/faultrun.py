@@ -12,7 +12,7 @@ identical predictions, largest logit difference), instructions per inference (de
 from __future__ import annotations
 
 import dataclasses
-import shutil
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,10 @@ from nfedge.deploy.build import BuildConfig, build_for_target
 from nfedge.deploy.bundle import Bundle, load_bundle
 from nfedge.deploy.harness import check_runnable, run_on_target
 from nfedge.errors import NfedgeError
-from nfedge.fileio import atomic_dir
+from nfedge.integer.calibrate import INPUT_SCALE, calibrate_programs, checkpoint_ranges
+from nfedge.integer.program import program_from_dict
+from nfedge.integer.reference import image_codes, run_front, run_integer
+from nfedge.integer.scheme import quantize_to_int8
 from nfedge.models.generators import neuralfuse_transform
 from nfedge.progress import DEFAULT, Progress
 from nfedge.sram.image import read_image
@@ -41,20 +44,35 @@ BASE = "base"
 
 def build_bundle(cfg: BuildConfig, base_checkpoint: str | Path, image_dir: str | Path, generator_checkpoint: str | Path | None,
                  out_dir: str | Path, progress: Progress = DEFAULT) -> Bundle:
-    """Compile and write the bundle (atomically), with the checkpoints for host simulation in host/."""
-    model, _ = load_checkpoint(base_checkpoint)
+    """Compile and write the bundle (atomically), with the checkpoints for host simulation in host/ (sealed
+    in the manifest with every other file). Integer mode calibrates the programs first, on cfg.calib_images
+    seeded training images of the checkpoint's dataset, with the ranges a quantization-aware checkpoint froze."""
+    model, meta = load_checkpoint(base_checkpoint)
     image = read_image(image_dir)
     gen = load_generator(generator_checkpoint)[0] if generator_checkpoint else None
     shape = tuple(int(v) for v in image_input_shape(base_checkpoint))
     cfg = dataclasses.replace(cfg, input_shape=shape)
-    with atomic_dir(out_dir) as tmp:
-        build_for_target(cfg, model, image, gen, tmp, progress)
-        (tmp / "host").mkdir()
-        shutil.copy2(base_checkpoint, tmp / "host" / "base.pt")
-        if generator_checkpoint:
-            shutil.copy2(generator_checkpoint, tmp / "host" / "generator.pt")
+    programs = None
+    if cfg.mode == "integer":
+        data = _checkpoint_data(meta, Path(base_checkpoint))
+        calib, _, _ = load_dataset(dataclasses.replace(data, train_limit=cfg.calib_images, test_limit=1, seed=0))
+        programs = calibrate_programs(model, image, {"generator": gen} if gen is not None else {}, calib.tensors[0],
+                                      checkpoint_ranges(meta))
+        progress.info(f"build: integer programs calibrated on {len(calib)} training images (seed 0)")
+    extra = {"host/base.pt": Path(base_checkpoint)}
+    if generator_checkpoint:
+        extra["host/generator.pt"] = Path(generator_checkpoint)
+    bundle = build_for_target(cfg, model, image, gen, out_dir, progress, programs=programs, extra_files=extra)
     progress.info(f"build: bundle written to {out_dir}")
-    return load_bundle(out_dir)
+    return bundle
+
+
+def _checkpoint_data(meta: dict, where: Path) -> DataConfig:
+    d = meta["meta"].get("config", {}).get("data")
+    if d is None:
+        raise NfedgeError(f"{where}: the base checkpoint records no dataset (import-model without --dataset); "
+                          "import it again with --dataset")
+    return DataConfig.from_dict(d)
 
 
 def image_input_shape(base_checkpoint: str | Path) -> tuple[int, int, int]:
@@ -89,10 +107,26 @@ def _host_logits(model, weights, gen, x) -> tuple[np.ndarray, np.ndarray | None]
     return base, nf
 
 
+def _host_integers(programs, image, x_q) -> tuple[np.ndarray, np.ndarray | None]:
+    """Integer mode: the exact reference's int32 logits of base(x) and base(F(x)) on `image`'s codes."""
+    base = programs["base"]
+    codes = image_codes(base, image)
+    nf = run_integer(base, run_front(programs["generator"], x_q), codes) if "generator" in programs else None
+    return run_integer(base, x_q, codes), nf
+
+
+def _bundle_programs(bundle: Bundle) -> dict:
+    """The integer programs the bundle was built from (verified with its other files by load_bundle)."""
+    return {name: program_from_dict(json.loads((bundle.path / "integer" / f"{name}.json").read_text()),
+                                    f"bundle {bundle.path}: integer/{name}.json")
+            for name in ("base", "generator") if (bundle.path / "integer" / f"{name}.json").is_file()}
+
+
 def _agreement(a: list[np.ndarray], b: list[np.ndarray]) -> dict[str, float]:
     a_, b_ = np.concatenate(a), np.concatenate(b)
     return {"identical_fraction": float((a_.argmax(1) == b_.argmax(1)).mean()),
-            "max_logit_diff": float(np.abs(a_ - b_).max())}
+            "identical_outputs": float((a_ == b_).all(axis=1).mean()),  # every output number, bit for bit
+            "max_logit_diff": float(np.abs(a_.astype(np.float64) - b_.astype(np.float64)).max())}
 
 
 def faultrun(bundle_dir: str | Path, test: tuple[torch.Tensor, torch.Tensor] | None, cfg: FaultrunConfig,
@@ -101,20 +135,20 @@ def faultrun(bundle_dir: str | Path, test: tuple[torch.Tensor, torch.Tensor] | N
     """Run every (condition, chip) on target and host; returns the JSON-ready result (see module doc)."""
     bundle = load_bundle(bundle_dir)
     check_runnable(bundle, allow_emulator, trust_bundle_code)  # refuse before reading anything else of the bundle
-    model, meta = load_checkpoint(bundle.path / "host" / "base.pt")
+    model, meta = load_checkpoint(bundle.path / "host" / "base.pt", allow_code=trust_bundle_code)
     gen_path = bundle.path / "host" / "generator.pt"
     gen, gmeta = load_generator(gen_path) if gen_path.is_file() else (None, None)
     gen_name = gmeta["generator"] if gmeta else None
     clean = read_image(bundle.path / "image")
     if test is None:
-        d = meta["meta"].get("config", {}).get("data")
-        if d is None:
-            raise NfedgeError(f"bundle {bundle.path}: its base checkpoint records no dataset (import-model without "
-                              "--dataset); import it again with --dataset")
-        data = DataConfig.from_dict(d)
+        data = _checkpoint_data(meta, bundle.path / "host" / "base.pt")
         _, t, _ = load_dataset(dataclasses.replace(data, test_limit=cfg.samples, seed=cfg.sample_seed))
         test = t.tensors
     x, y = test[0][: cfg.samples], test[1][: cfg.samples]
+    integer = bundle.mode == "integer"
+    programs = _bundle_programs(bundle) if integer else None
+    # integer mode: the target takes int8 samples, quantized once here (docs/INTEGER.md); host = the exact reference
+    x_target = quantize_to_int8(x.numpy(), INPUT_SCALE) if integer else x.numpy()
     # Each faulty image is made (or read) once: the same bytes go to the emulator and to the host simulation.
     images, conds, chips = {}, {}, {}
     for i, cond, chip, img in faulty_images(clean, cfg):
@@ -128,7 +162,7 @@ def faultrun(bundle_dir: str | Path, test: tuple[torch.Tensor, torch.Tensor] | N
         where = (f"image {cond['image']}" if cond.get("image") else f"chip {chip} at "
                  + (f"{cond['voltage']} V/Vmin" if cond["voltage"] is not None else f"BER {cond['ber']}"))
         try:
-            return run_on_target(bundle, images[(i, chip)].codes.tobytes(), x.numpy(), timeout_s=cfg.timeout_s, verify=False,
+            return run_on_target(bundle, images[(i, chip)].codes.tobytes(), x_target, timeout_s=cfg.timeout_s, verify=False,
                                  allow_emulator=allow_emulator, trust_bundle_code=trust_bundle_code)
         except NfedgeError as e:
             raise NfedgeError(f"{where}: {e}") from None
@@ -138,7 +172,8 @@ def faultrun(bundle_dir: str | Path, test: tuple[torch.Tensor, torch.Tensor] | N
     with ThreadPoolExecutor(max_workers=cfg.jobs) as pool:
         for (i, _, chip), res in zip(jobs, pool.map(on_target, jobs)):
             # functional_call swaps module parameters in place: never run it from two threads at once
-            hb, hn = _host_logits(model, images[(i, chip)].dequantized_weights(), gen, x)
+            hb, hn = (_host_integers(programs, images[(i, chip)], x_target) if integer
+                      else _host_logits(model, images[(i, chip)].dequantized_weights(), gen, x))
             outs[(i, chip)] = (res, hb, hn)
             bar.update(1)
     bar.close()
@@ -172,6 +207,9 @@ def faultrun(bundle_dir: str | Path, test: tuple[torch.Tensor, torch.Tensor] | N
     clock = bundle.target.clock_hz
     est = {k: (v / clock if v and clock else None) for k, v in ipi.items() if k in ("base", "generator", "base_nf")}
     identical = min(r["agreement"][n]["identical_fraction"] for r in results for n in names)
+    exact = min(r["agreement"][n]["identical_outputs"] for r in results for n in names)
+    # integer mode is exact by construction: any output integer that differs is a failure, whatever the argmax says
+    passed = identical >= cfg.min_agreement and (exact == 1.0 or not integer)
     energy = None
     if gen_name:
         shape = "x".join(str(v) for v in bundle.input_shape)
@@ -183,14 +221,15 @@ def faultrun(bundle_dir: str | Path, test: tuple[torch.Tensor, torch.Tensor] | N
             e = estimate_energy(EnergyConfig(base=base_ref, generator=gen_name, input=shape,
                                              classes=bundle.num_classes, voltage=r["voltage"], calibration=cfg.calibration))
             energy[str(r["voltage"])] = {"ES": e["energy_saving"], "MAC_ES": e["mac_energy_saving"]}
-    return {"config": cfg.to_dict(), "target": bundle.target.name, "bits": clean.manifest.bits, "chips": cfg.chips,
+    return {"config": cfg.to_dict(), "mode": bundle.mode, "target": bundle.target.name, "bits": clean.manifest.bits,
+            "chips": cfg.chips,
             "samples": int(len(x)), "voltage": [r["voltage"] for r in results], "ber": [r["ber"] for r in results],
             "generator": gen_name, "results": results,
             "target_accuracy": {condition_label(r): r["target_accuracy"] for r in results},
             "host_accuracy": {condition_label(r): r["host_accuracy"] for r in results},
             "agreement": {"min_identical_fraction": identical,
                           "max_logit_diff": max(r["agreement"][n]["max_logit_diff"] for r in results for n in names),
-                          "threshold": cfg.min_agreement, "passed": identical >= cfg.min_agreement},
+                          "identical_outputs": exact, "threshold": cfg.min_agreement, "passed": passed},
             "instructions_per_inference": ipi, "estimated_seconds_per_inference": est,
             "estimate_note": "instructions / clock at 1 instruction per cycle (an estimate: QEMU counts instructions, not cycles)",
             "energy_saving": energy}

@@ -37,9 +37,23 @@ from typing import Any, Iterator
 import numpy as np
 
 from nfedge.deploy.bundle import Bundle, load_bundle
-from nfedge.deploy.emulators import (INPUT_HEADER_BYTES, REC_DONE, REC_EXIT, REC_MESSAGE, REC_SAMPLE, checked_args,
-                                     confined_argv, confinement, is_static_elf, pack_inputs, parse_records,
-                                     qemu_system_argv, resolve_emulator, run_process, tree_bytes)
+from nfedge.deploy.emulators import (
+    INPUT_HEADER_BYTES,
+    REC_DONE,
+    REC_EXIT,
+    REC_MESSAGE,
+    REC_SAMPLE,
+    checked_args,
+    confined_argv,
+    confinement,
+    is_static_elf,
+    pack_inputs,
+    parse_records,
+    qemu_system_argv,
+    resolve_emulator,
+    run_process,
+    tree_bytes,
+)
 from nfedge.errors import NfedgeError
 from nfedge.fileio import sha256_file
 from nfedge.progress import QUIET, Progress
@@ -120,6 +134,11 @@ def _inputs(inputs, bundle: Bundle) -> np.ndarray:
         raise NfedgeError("no inputs to run")
     if not np.all(np.isfinite(x)):
         raise NfedgeError("inputs contain NaN or infinity")
+    if bundle.input_dtype == "int8":  # integer bundles take the host-quantized samples (docs/INTEGER.md)
+        if not (np.all(x == np.round(x)) and x.min() >= -128 and x.max() <= 127):
+            raise NfedgeError(f"bundle {bundle.path} was built in integer mode: its inputs are int8 samples "
+                              "(quantize them with nfedge.integer.scheme.quantize_to_int8), not float images")
+        return np.ascontiguousarray(x, dtype=np.int8)
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
@@ -214,7 +233,7 @@ def _run_bare_metal(bundle: Bundle, plan: _Plan, data: bytes, x: np.ndarray, dea
             rc, out, err = run_process(cmd, d, d, deadline, timeout_s, what, [uart],
                                         _OUTPUT_SLACK + record * len(chunk))
             lg, tk, text, peak_c = _decode_uart(uart.read_bytes() if uart.is_file() else b"", rc, out, err,
-                                                len(chunk), per, what)
+                                                len(chunk), per, what, bundle.logit_dtype)
             logits.append(lg)
             ticks.append(tk)
             texts += text
@@ -223,7 +242,7 @@ def _run_bare_metal(bundle: Bundle, plan: _Plan, data: bytes, x: np.ndarray, dea
     return np.concatenate(logits), np.concatenate(ticks), stdout, peak
 
 
-def _decode_uart(raw: bytes, rc: int, out: str, err: str, n: int, per: int, what: str):
+def _decode_uart(raw: bytes, rc: int, out: str, err: str, n: int, per: int, what: str, logit_dtype: str = "float32"):
     records, junk = parse_records(raw)
     texts = [r.payload.decode("utf-8", "replace") for r in records if r.type == REC_MESSAGE]
     if rc != 0:  # QEMU itself failed (bad option, lockup) or was killed: its own exit code, not the firmware's
@@ -247,7 +266,7 @@ def _decode_uart(raw: bytes, rc: int, out: str, err: str, n: int, per: int, what
                           f"{junk} bytes outside records on its UART)")
     body = b"".join(r.payload[4:] for r in samples)
     arr = np.frombuffer(body, dtype=np.uint8).reshape(n, size - 4)
-    logits = arr[:, :4 * per].copy().view("<f4").astype(np.float32)
+    logits = arr[:, :4 * per].copy().view("<i4" if logit_dtype == "int32" else "<f4").astype(logit_dtype)
     ticks = arr[:, 4 * per:].copy().view("<u8").astype(np.int64)
     return logits, ticks, texts, int.from_bytes(done[0].payload[4:], "little")
 
@@ -298,7 +317,7 @@ def _run_with_files(bundle: Bundle, plan: _Plan, data: bytes, x: np.ndarray, dea
         if not m or int(m.group(1)) != n:
             raise NfedgeError(f"{what} finished without processing all {n} samples "
                               f"(output: {(out.strip().splitlines() or ['none'])[-1][:200]})")
-        logits = _read_exact(work / "logits.bin", np.float32, n * per, what).reshape(n, per).copy()
+        logits = _read_exact(work / "logits.bin", np.dtype(bundle.logit_dtype), n * per, what).reshape(n, per).copy()
         ticks = _read_exact(work / "ticks.bin", np.uint64, n * 3, what).reshape(n, 3).astype(np.int64)
     ws = re.search(r"workspace_peak=(\d+)", out)
     return logits, ticks, out, int(ws.group(1)) if ws and bundle.kind != "host" else None
@@ -307,7 +326,8 @@ def _run_with_files(bundle: Bundle, plan: _Plan, data: bytes, x: np.ndarray, dea
 def run_on_target(bundle_dir: str | Path | Bundle, image, inputs, timeout_s: float = 300.0,
                   progress: Progress = QUIET, verify: bool = True, allow_emulator: str | Path | None = None,
                   trust_bundle_code: bool = False) -> TargetResult:
-    """Run base (and generator) on `inputs` [N, C, H, W] float32 against `image` on the bundle's target.
+    """Run base (and generator) on `inputs` [N, C, H, W] (float32, or int8 values for an integer bundle) against
+    `image` on the bundle's target.
 
     allow_emulator: a program (path or name on PATH) the user trusts as the emulator when the bundle's
     descriptor names one nfedge does not know. trust_bundle_code: run native code from the bundle outside
@@ -364,7 +384,7 @@ def _host_run(bundle_dir: str, work: str) -> int:
     c, h, w = bundle.input_shape
     k = bundle.num_classes
     image = np.fromfile(d / "image.bin", dtype=np.int8)
-    x_all = np.fromfile(d / "input.bin", dtype=np.float32).reshape(-1, c, h, w)
+    x_all = np.fromfile(d / "input.bin", dtype=np.dtype(bundle.input_dtype)).reshape(-1, c, h, w)
     dev = tvm.cpu()
     vms = {name: relax.VirtualMachine(tvm.runtime.load_module(str(bundle.path / bundle.manifest["entry"][name])), dev)
            for name in ("base", "generator") if name in bundle.manifest["entry"]}
@@ -389,7 +409,7 @@ def _host_run(bundle_dir: str, work: str) -> int:
             trow[1:] = [tg, tn]
         logits.append(np.concatenate(row))
         ticks.append(trow)
-    np.asarray(logits, dtype=np.float32).tofile(d / "logits.bin")
+    np.asarray(logits, dtype=np.dtype(bundle.logit_dtype)).tofile(d / "logits.bin")
     np.asarray(ticks, dtype=np.uint64).tofile(d / "ticks.bin")
     print(f"nfedge-done samples={x_all.shape[0]} workspace_peak=0", flush=True)
     return 0

@@ -167,3 +167,8 @@ def calibrate_programs(model: nn.Module, image: WeightImage, generators: dict[st
     for name, g in generators.items():
         programs[name] = calibrate(trace_program(g, False), g, x_calib)
     return programs
+
+
+def checkpoint_ranges(meta: dict) -> dict[str, float] | None:
+    """The activation ranges a `train-base --mode integer` checkpoint froze (None for any other checkpoint)."""
+    return (meta.get("meta", {}).get("integer") or {}).get("ranges")

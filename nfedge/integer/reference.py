@@ -1,11 +1,13 @@
 """The exact integer reference of an integer program (docs/INTEGER.md): what the target must compute, bit for
-bit. Activations are int8 values, accumulators int32, rescaling int64 (nfedge.integer.scheme).
+bit. Activations are int8 values, accumulators int32, rescaling int64 (nfedge.integer.scheme), all held in
+torch int64 tensors (vectorized and multi-threaded; the same formulas as scheme's numpy path).
 
-The multiply-accumulates of conv and linear layers run as float64 BLAS products of integer-valued arrays:
-every product (|a*b| <= 128*128) and every partial sum (|acc| <= K * 2^14 for K = Cin*kH*kW terms, far
-below 2^53 for any K < 5e11) is an integer that float64 represents exactly, so the result IS the integer
-dot product; it is converted to int64 and checked before anything is rounded. tests/integer/ compares it
-with a plain int64 implementation.
+The multiply-accumulates of conv and linear layers run as float products of integer-valued tensors: every
+product (|a*b| <= 128*128 = 2^14) and every partial sum (|acc| <= K * 2^14 for K = Cin*kH*kW terms) is an
+integer the float type represents exactly: float32 while K * 2^14 < 2^24 (K <= 1024: every layer of nfedge's
+small models), float64 beyond (exact up to K < 5e11). The results are the integer dot products; they are checked
+to be integers and converted to int64 before anything is rounded. tests/integer/ compares them with a plain int64
+einsum, at the largest K and the most extreme operands.
 """
 
 from __future__ import annotations
@@ -19,18 +21,17 @@ from nfedge.integer.program import INPUT, Op, Program
 from nfedge.integer.scheme import INT8_MAX, INT8_MIN, add_rescaled, quantize_add_factors, requantize
 from nfedge.sram.image import WeightImage
 
-F64_EXACT = 2**53
+F32_EXACT_TERMS = 1024  # K * 2^14 < 2^24: float32 sums of int8 x int8 products stay exact integers
 
 
-def _exact_int(y: torch.Tensor) -> np.ndarray:
-    a = y.numpy()
-    if not np.all(np.abs(a) < F64_EXACT):  # cannot happen for int8 operands (see the module doc)
-        raise NfedgeError("integer reference: an accumulator left float64's exact range")
-    return a.astype(np.int64)
+def _exact_int(y: torch.Tensor) -> torch.Tensor:
+    if not bool(torch.equal(y, torch.round(y))):  # cannot happen within the bounds above (see the module doc)
+        raise NfedgeError("integer reference: an accumulator left the float type's exact range")
+    return y.to(torch.int64)
 
 
-def _per_channel(v, ndim: int) -> np.ndarray:
-    return np.asarray(v, dtype=np.int64).reshape(1, -1, *([1] * (ndim - 2)))
+def _per_channel(v, ndim: int) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(v, dtype=np.int64)).reshape(1, -1, *([1] * (ndim - 2)))
 
 
 def image_codes(prog: Program, image: WeightImage | None) -> dict[str, np.ndarray]:
@@ -44,48 +45,58 @@ def image_codes(prog: Program, image: WeightImage | None) -> dict[str, np.ndarra
     return {k: image.tensor_codes(entries[k]).astype(np.int64) for k in prog.weight_scales}
 
 
-def run_integer(prog: Program, x_q: np.ndarray, codes: dict[str, np.ndarray], keep: bool = False):
-    """int8 input [N, C, H, W] (int64 array) -> the program's output integers (int8 values, or int32 logits);
-    with `keep`, every tensor by name instead."""
+def run_integer(prog: Program, x_q, codes: dict[str, np.ndarray], keep: bool = False):
+    """int8 input [N, C, H, W] (integer array) -> the program's output integers (int8 values, or int32 logits) as an
+    int64 numpy array; with `keep`, every tensor by name instead."""
     if not prog.calibrated:
         raise NfedgeError("integer reference: the program is not calibrated")
-    x_q = np.asarray(x_q, dtype=np.int64)
-    if x_q.min(initial=0) < INT8_MIN or x_q.max(initial=0) > INT8_MAX:
+    x = torch.as_tensor(np.asarray(x_q, dtype=np.int64))
+    if x.numel() and (int(x.min()) < INT8_MIN or int(x.max()) > INT8_MAX):
         raise NfedgeError("integer reference: inputs must be int8 values")
-    t = {INPUT: x_q}
+    w = {k: torch.as_tensor(np.asarray(v, dtype=np.int64)) for k, v in codes.items()}
+    t = {INPUT: x}
     for op in prog.ops:
-        t[op.output] = integer_op(prog, op, [t[i] for i in op.inputs], codes)
-    return t if keep else t[prog.output]
+        t[op.output] = integer_op(prog, op, [t[i] for i in op.inputs], w)
+    return {k: v.numpy() for k, v in t.items()} if keep else t[prog.output].numpy()
 
 
-def integer_op(prog: Program, op: Op, a: list[np.ndarray], codes: dict[str, np.ndarray]) -> np.ndarray:
-    """One operator of the integer reference on its integer inputs."""
+def _mac(op: Op, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The int32 accumulators of conv / conv_transpose / linear, exact (see the module doc)."""
+    terms = int(np.prod(w.shape[1:])) if not op.attrs.get("transposed") else int(w.shape[0] * np.prod(w.shape[2:]))
+    ftype = torch.float32 if terms <= F32_EXACT_TERMS else torch.float64
+    xf, wf = x.to(ftype), w.to(ftype)
+    if op.kind == "linear":
+        return _exact_int(xf @ wf.T)
+    if op.attrs.get("transposed"):
+        return _exact_int(F.conv_transpose2d(xf, wf, stride=op.attrs["stride"], padding=op.attrs["padding"],
+                                             output_padding=op.attrs["output_padding"]))
+    return _exact_int(F.conv2d(xf, wf, stride=op.attrs["stride"], padding=op.attrs["padding"]))
+
+
+def integer_op(prog: Program, op: Op, a: list, codes: dict) -> torch.Tensor:
+    """One operator of the integer reference on its integer inputs (torch int64 tensors)."""
     p = op.params
+    a = [v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v, dtype=np.int64)) for v in a]
     if op.kind in ("conv", "linear"):
-        w = torch.from_numpy(codes[prog.weight_key(op)].astype(np.float64))
-        xin = torch.from_numpy(a[0].astype(np.float64))
-        if op.kind == "linear":
-            acc = _exact_int(xin @ w.T)
-        elif op.attrs.get("transposed"):
-            acc = _exact_int(F.conv_transpose2d(xin, w, stride=op.attrs["stride"], padding=op.attrs["padding"],
-                                                output_padding=op.attrs["output_padding"]))
-        else:
-            acc = _exact_int(F.conv2d(xin, w, stride=op.attrs["stride"], padding=op.attrs["padding"]))
-        nd = acc.ndim
+        w = codes[prog.weight_key(op)]
+        w = w if isinstance(w, torch.Tensor) else torch.as_tensor(np.asarray(w, dtype=np.int64))
+        acc = _mac(op, a[0], w)
+        nd = acc.dim()
         acc = acc + _per_channel(p["bias_q"], nd)
         y = requantize(acc, _per_channel(p["sign"], nd), _per_channel(p["mult"], nd), _per_channel(p["shift"], nd),
                        p["lo"], p["hi"])
-        return p["lut"][y - INT8_MIN] if op.activation == "tanh" else y
+        return torch.as_tensor(np.asarray(p["lut"], dtype=np.int64))[y - INT8_MIN] if op.activation == "tanh" else y
     if op.kind == "maxpool":
         k = op.attrs["kernel"]
         n, c, h, w_ = a[0].shape
-        return a[0][:, :, : h // k * k, : w_ // k * k].reshape(n, c, h // k, k, w_ // k, k).max(axis=(3, 5))
+        return a[0][:, :, : h // k * k, : w_ // k * k].reshape(n, c, h // k, k, w_ // k, k).amax(dim=(3, 5))
     if op.kind == "avgpool":
-        return requantize(a[0].sum(axis=(2, 3), keepdims=True), p["sign"], p["mult"], p["shift"])
+        return requantize(a[0].sum(dim=(2, 3), keepdim=True), p["sign"], p["mult"], p["shift"])
     if op.kind == "upsample":
-        return a[0].repeat(op.attrs["factor"], axis=2).repeat(op.attrs["factor"], axis=3)
+        f = op.attrs["factor"]
+        return a[0].repeat_interleave(f, dim=2).repeat_interleave(f, dim=3)
     if op.kind == "concat":
-        return np.concatenate([requantize(v, sg, m, sh) for v, (sg, m, sh) in zip(a, p["mults"])], axis=1)
+        return torch.cat([requantize(v, sg, m, sh) for v, (sg, m, sh) in zip(a, p["mults"])], dim=1)
     if op.kind == "flatten":
         return a[0].reshape(a[0].shape[0], -1)
     raise AssertionError(op.kind)  # trace_program emits only the kinds above

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
 from nfedge.errors import NfedgeError
 
@@ -46,29 +47,37 @@ def quantize_multiplier(factor: float) -> tuple[int, int, int]:
     return sign, int(m), int(shift)
 
 
-def apply_scale(values: np.ndarray, multiplier, shift) -> np.ndarray:
+def _int64(v, like):
+    """v as int64 in the array library of `like`: numpy for the readable reference, torch for the fast one."""
+    if isinstance(like, torch.Tensor):
+        return torch.as_tensor(v, dtype=torch.int64, device=like.device)
+    return np.asarray(v, dtype=np.int64)
+
+
+def apply_scale(values, multiplier, shift):
     """(v * M + 2^(shift-1)) >> shift in int64 (TOSA apply_scale_32, single rounding). `multiplier` and `shift`
-    are scalars or arrays broadcast against `values` (per channel: shape [C, 1, 1] for NCHW)."""
-    v = np.asarray(values, dtype=np.int64)
-    m = np.asarray(multiplier, dtype=np.int64)
-    s = np.asarray(shift, dtype=np.int64)
-    if np.any(m < 0) or np.any(m >= 2**31):
+    are scalars or arrays broadcast against `values` (per channel: shape [C, 1, 1] for NCHW). numpy arrays or
+    torch int64 tensors (the same formula: torch's >> on signed integers is arithmetic, as numpy's)."""
+    v = values if isinstance(values, torch.Tensor) else np.asarray(values, dtype=np.int64)
+    m, s = _int64(multiplier, v), _int64(shift, v)
+    if int(m.min()) < 0 or int(m.max()) >= 2**31:
         raise NfedgeError("rescale multipliers must be in [0, 2^31)")
-    if np.any(s < MIN_SHIFT) or np.any(s > MAX_SHIFT):
+    if int(s.min()) < MIN_SHIFT or int(s.max()) > MAX_SHIFT:
         raise NfedgeError(f"rescale shifts must be in {MIN_SHIFT}..{MAX_SHIFT}")
-    if np.any(v < INT32_MIN) or np.any(v > INT32_MAX):
-        raise NfedgeError("rescale input outside int32 (an accumulator overflowed)")
-    return (v * m + (np.int64(1) << (s - 1))) >> s
+    if v.numel() if isinstance(v, torch.Tensor) else v.size:
+        if int(v.min()) < INT32_MIN or int(v.max()) > INT32_MAX:
+            raise NfedgeError("rescale input outside int32 (an accumulator overflowed)")
+    return (v * m + (_int64(1, v) << (s - 1))) >> s
 
 
-def saturate(values: np.ndarray, lo: int = INT8_MIN, hi: int = INT8_MAX) -> np.ndarray:
-    return np.clip(values, lo, hi)
+def saturate(values, lo: int = INT8_MIN, hi: int = INT8_MAX):
+    return values.clamp(lo, hi) if isinstance(values, torch.Tensor) else np.clip(values, lo, hi)
 
 
-def requantize(acc: np.ndarray, sign, multiplier, shift, lo: int = INT8_MIN, hi: int = INT8_MAX) -> np.ndarray:
+def requantize(acc, sign, multiplier, shift, lo: int = INT8_MIN, hi: int = INT8_MAX):
     """int32 accumulators -> saturated integers in [lo, hi]: saturate(apply_scale(sign * acc, M, shift))."""
-    return saturate(apply_scale(np.asarray(sign, dtype=np.int64) * np.asarray(acc, dtype=np.int64), multiplier, shift),
-                    lo, hi)
+    a = acc if isinstance(acc, torch.Tensor) else np.asarray(acc, dtype=np.int64)
+    return saturate(apply_scale(_int64(sign, a) * a, multiplier, shift), lo, hi)
 
 
 def quantize_to_int8(x: np.ndarray, scale: float) -> np.ndarray:

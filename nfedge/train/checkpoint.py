@@ -18,7 +18,7 @@ from torch import nn
 from nfedge.errors import NfedgeError
 from nfedge.fileio import atomic_write_bytes
 from nfedge.models import create_base_model
-from nfedge.train.model_source import rebuild_module
+from nfedge.train.model_source import CLASS_SOURCE, rebuild_module
 
 CHECKPOINT_FORMAT = "nfedge-checkpoint"
 
@@ -50,11 +50,15 @@ def save_checkpoint(path: str | Path, model: nn.Module, model_name: str, in_chan
                              "num_classes": num_classes, "state_dict": model.state_dict(), "meta": meta or {}})
 
 
-def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """(model in eval mode, the checkpoint dict without its state dict)."""
+def load_checkpoint(path: str | Path, allow_code: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """(model in eval mode, the checkpoint dict without its state dict). A checkpoint of an imported class
+    rebuilds its model by importing that class's code; `allow_code=False` refuses that (a received bundle)."""
     p = Path(path)
     ckpt = load_torch_file(p, "checkpoint", CHECKPOINT_FORMAT)
     source = ckpt.get("source")
+    if not allow_code and isinstance(source, dict) and source.get("kind") == CLASS_SOURCE:
+        raise NfedgeError(f"checkpoint {p} rebuilds its model by importing {source.get('class')!r}, which runs that code; "
+                          "pass trust_bundle_code (`--trust-bundle-code`) only for a bundle you built or trust")
     if source is not None:  # an imported model: its own class or exported program, not a registry entry
         model = rebuild_module(source, f"checkpoint {p}")
         ckpt["source"] = {k: v for k, v in source.items() if k != "program"}  # callers get metadata, not bytes

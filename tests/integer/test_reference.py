@@ -128,3 +128,19 @@ def test_programs_survive_json_exactly(base):
     assert np.array_equal(run_integer(again, x_q, image_codes(again, image)), run_integer(prog, x_q, image_codes(prog, image)))
     with pytest.raises(NfedgeError, match="not an nfedge-integer-program"):
         program_from_dict({"format": "x"})
+
+
+@pytest.mark.parametrize("cin", [113, 114])  # K = 1017 (float32 path) and 1026 (float64 path) terms per output
+def test_the_accumulators_are_exact_at_the_largest_k_and_extreme_operands(cin):
+    from nfedge.integer.program import Op
+    from nfedge.integer.reference import _mac
+
+    rng = np.random.default_rng(cin)
+    x = rng.choice([-128, 127], size=(2, cin, 5, 5)).astype(np.int64)  # the largest |products|, all one sign
+    x[0] = -128
+    w = np.full((3, cin, 3, 3), -128, dtype=np.int64)
+    w[1] = rng.integers(-128, 128, w[1].shape)
+    op = Op("conv", ["input"], "y", attrs={"stride": 1, "padding": 0})
+    got = _mac(op, torch.from_numpy(x), torch.from_numpy(w)).numpy()
+    want = np.einsum("nchwij,ocij->nohw", sliding_window_view(x, (3, 3), axis=(2, 3)), w)
+    assert np.array_equal(got, want) and int(np.abs(want).max()) == cin * 9 * 128 * 128
