@@ -72,11 +72,17 @@ class Bundle:
 
     @property
     def input_dtype(self) -> str:
-        return str(self.manifest["io"]["input_dtype"])
+        return self._io_dtype("input_dtype", ("float32", "int8"))
 
     @property
     def logit_dtype(self) -> str:
-        return str(self.manifest["io"].get("logit_dtype", "float32"))
+        return self._io_dtype("logit_dtype", ("float32", "int32"))
+
+    def _io_dtype(self, key: str, allowed: tuple[str, ...]) -> str:
+        v = self.manifest["io"].get(key, "float32")  # bundles from before integer mode: float32
+        if v not in allowed:  # the manifest is untrusted: only the dtypes nfedge writes are read
+            raise NfedgeError(f"bundle {self.path}: io.{key} is {v!r}, expected one of {', '.join(allowed)}")
+        return v
 
     @property
     def image_bytes(self) -> int:
