@@ -48,6 +48,10 @@ class RunConfig(StageConfig):
     target_voltages: tuple[float, ...] = TABLE_VOLTAGES  # on-target fault runs, nominal down to ~5% BER
     target_chips: int = 2  # emulation is ~0.1 s per image: few chips and samples on the target
     target_samples: int = 32  # test images per chip on the target
+    # arithmetic of the on-target runs, first = the report's on-target tables; every mode's instructions are compared.
+    # integer: int8 activations, int32 accumulators, exact vs the host integer reference (docs/INTEGER.md); the host
+    # sweep above stays weight-only (the paper's mode, and the float simulation is ~10x faster than the integer one)
+    target_modes: tuple[str, ...] = ("integer", "weight-only")
     base_checkpoint: str | None = None  # your own base checkpoint (e.g. from import-model) instead of training `base`
     calibration: str = DEFAULT_CALIBRATION  # SRAM table for every stage: built-in name or TOML file (voltage -> BER)
 
@@ -57,6 +61,9 @@ class RunConfig(StageConfig):
         for g in self.generators:
             require(g in GENERATORS, f"unknown generator {g!r}; known: {', '.join(GENERATORS.names())}")
         require(self.chips >= 1 and self.target_chips >= 1 and self.target_samples >= 1, "chips and samples must be >= 1")
+        require(len(self.target_modes) >= 1 and all(m in ("integer", "weight-only") for m in self.target_modes)
+                and len(set(self.target_modes)) == len(self.target_modes),
+                f"target_modes must be distinct modes out of integer, weight-only, got {self.target_modes!r}")
         cal = load_calibration(self.calibration)  # fail now, not after training, on a bad table or voltage
         for v in self.voltages + (self.target_voltages if self.target != "none" else ()):
             cal.ber_at(v)
@@ -138,15 +145,18 @@ def run_pipeline(cfg: RunConfig, out_dir: str | Path, progress: Progress = DEFAU
                        *table)
     eval_dir = run_stage(root, "evaluate", eval_key,
                          lambda d: stages.evaluate_stage(cfg, base_dir, image_dir, gen_dirs, d, progress), progress, log)
-    target_dir = None
-    if cfg.target != "none":
-        build_key = _digest(image_key, {g: d.name for g, d in gen_dirs.items()}, cfg.target, *_target_key(cfg))
-        build_dir = run_stage(root, "build", build_key,
-                              lambda d: stages.build_stage(cfg, base_dir, image_dir, gen_dirs, d, progress), progress, log)
+    target_dirs = []
+    for mode in cfg.target_modes if cfg.target != "none" else ():
+        # weight-only keeps the key it had before integer mode existed (earlier runs' builds are reused)
+        build_key = _digest(image_key, {g: d.name for g, d in gen_dirs.items()}, cfg.target, *_target_key(cfg),
+                            *(() if mode == "weight-only" else (mode,)))
+        build_dir = run_stage(root, f"build-{mode}", build_key,
+                              lambda d, m=mode: stages.build_stage(cfg, base_dir, image_dir, gen_dirs, d, progress, m),
+                              progress, log)
         fr_key = _digest(build_key, cfg.target_voltages, cfg.target_chips, cfg.target_samples, cfg.fault, *table)
-        target_dir = run_stage(root, "faultrun", fr_key, lambda d: stages.faultrun_stage(cfg, build_dir, d, progress),
-                               progress, log)
-    report_dir = stages.report_stage(cfg, root, base_dir, image_dir, gen_dirs, eval_dir, target_dir)
+        target_dirs.append(run_stage(root, f"faultrun-{mode}", fr_key,
+                                     lambda d, b=build_dir: stages.faultrun_stage(cfg, b, d, progress), progress, log))
+    report_dir = stages.report_stage(cfg, root, base_dir, image_dir, gen_dirs, eval_dir, target_dirs)
     summary = json.loads((report_dir / "summary.json").read_text())
     return {"stages": [dataclasses.asdict(s) | {"path": str(s.path)} for s in log], "summary": summary,
             "report": str(report_dir / "REPORT.md")}

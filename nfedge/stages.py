@@ -82,10 +82,12 @@ def evaluate_stage(cfg, base_dir: Path, image_dir: Path, gen_dirs: dict[str, Pat
 
 
 def report_stage(cfg, root: Path, base_dir: Path, image_dir: Path, gen_dirs: dict[str, Path], eval_dir: Path,
-                 target_dir: Path | None) -> Path:
-    """Always rewritten (cheap): the report reflects exactly the stages of this run."""
+                 target_dirs: list[Path]) -> Path:
+    """Always rewritten (cheap): the report reflects exactly the stages of this run. The first on-target fault run
+    (cfg.target_modes[0]) fills the on-target tables; every mode's instructions are compared."""
     host = json.loads((eval_dir / "evaluate.json").read_text())
-    target = json.loads((target_dir / "faultrun.json").read_text()) if target_dir else None
+    runs = [json.loads((d / "faultrun.json").read_text()) for d in target_dirs]
+    target = runs[0] if runs else None
     _, meta = load_checkpoint(base_dir / "base.pt")
     steps = f"{cfg.eopm.max_steps} steps" if cfg.eopm.max_steps else f"{cfg.eopm.epochs} epoch(s)"
     origin = f"of the user's checkpoint `{cfg.base_checkpoint}`" if cfg.base_checkpoint else "after QAT"
@@ -94,15 +96,16 @@ def report_stage(cfg, root: Path, base_dir: Path, image_dir: Path, gen_dirs: dic
               f"EOPM at BER {cfg.eopm.ber} ({cfg.eopm.fault}), N = {cfg.eopm.n_perturbed}, lambda = {cfg.eopm.lam}, "
               f"{steps} of batch {cfg.eopm.batch_size}. On-target rows use their own {cfg.target_samples} test images, so "
               "they are compared with the host on those same images, not with the sweep above. Run config: `run.json`.")
-    return write_report(host, target, root / "report", header=header)
+    return write_report(host, target, root / "report", header=header, more_targets=runs[1:])
 
 
-def build_stage(cfg, base_dir: Path, image_dir: Path, gen_dirs: dict[str, Path], d: Path, progress: Progress) -> dict:
+def build_stage(cfg, base_dir: Path, image_dir: Path, gen_dirs: dict[str, Path], d: Path, progress: Progress,
+                mode: str = "weight-only") -> dict:
     """Build for the run's target with its first generator (emulation is slow: one generator on target)."""
     gen = gen_dirs[cfg.generators[0]] / "generator.pt"
-    b = build_bundle(BuildConfig(target=cfg.target, bits=cfg.bits), base_dir / "base.pt", image_dir / "image", gen,
-                     d / "bundle", progress)
-    return {"target": b.target.name}
+    b = build_bundle(BuildConfig(target=cfg.target, bits=cfg.bits, mode=mode), base_dir / "base.pt", image_dir / "image",
+                     gen, d / "bundle", progress)
+    return {"target": b.target.name, "mode": mode}
 
 
 def faultrun_stage(cfg, build_dir: Path, d: Path, progress: Progress) -> dict:

@@ -62,3 +62,14 @@ def test_a_users_data_enters_the_base_key_by_content(tmp_path):
     (tmp_path / "extra.txt").write_bytes(b"two")
     assert content_digest(cfg) != first and len(first) == 64
     assert content_digest(DataConfig()) is None
+
+
+def test_target_runs_in_both_modes_integer_first(run):
+    _, d, r = run
+    names = [s["name"] for s in r["stages"]]
+    assert names[-4:] == ["build-integer", "faultrun-integer", "build-weight-only", "faultrun-weight-only"]
+    plotted = json.loads((d / "out" / "report" / "report_data.json").read_text())
+    assert plotted["target"]["mode"] == "integer" and [m["mode"] for m in plotted["target_modes"]] == ["integer", "weight-only"]
+    assert plotted["target_modes"][0]["identical_outputs"] == 1.0  # integer: bit for bit
+    md = (d / "out" / "report" / "REPORT.md").read_text()
+    assert "integer mode" in md and "weight-only: instructions" in md

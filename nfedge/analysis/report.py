@@ -25,8 +25,10 @@ from nfedge.sram.calibration import load_calibration  # noqa: E402
 BASE = "base alone"
 
 
-def report_data(host: dict[str, Any], target: dict[str, Any] | None, focus_voltage: float | None = None) -> dict[str, Any]:
-    """The numbers every plot and table shows, in one JSON-serialisable dict."""
+def report_data(host: dict[str, Any], target: dict[str, Any] | None, focus_voltage: float | None = None,
+                more_targets: list[dict[str, Any]] = ()) -> dict[str, Any]:
+    """The numbers every plot and table shows, in one JSON-serialisable dict. `target` is the on-target fault run
+    the tables show; `more_targets` are runs of the same build in other arithmetic modes (instructions compared)."""
     cal = load_calibration(host["config"]["calibration"])
     conds = host["conditions"]
     gens = list(host["clean"]["CA_NF"])
@@ -53,6 +55,11 @@ def report_data(host: dict[str, Any], target: dict[str, Any] | None, focus_volta
             "samples": host["samples"], "chips": host["config"]["chips"], "target": None}
     if target:
         data["target"] = target_points(target)
+        data["target_modes"] = [{"mode": t.get("mode", "weight-only"),
+                                 "instructions_per_inference": t["instructions_per_inference"],
+                                 "estimated_seconds_per_inference": t.get("estimated_seconds_per_inference", {}),
+                                 "identical_outputs": t["agreement"].get("identical_outputs")}
+                                for t in [target, *more_targets]]
     return data
 
 
@@ -62,7 +69,8 @@ def target_points(target: dict[str, Any]) -> dict[str, Any]:
     for row in target["results"]:
         pts.append({"voltage": row["voltage"], "ber": row["ber"], "target_accuracy": row["target_accuracy"],
                     "host_accuracy": row["host_accuracy"], "agreement": row["agreement"]})
-    return {"name": target["target"], "samples": target["samples"], "chips": target["chips"], "points": pts,
+    return {"name": target["target"], "mode": target.get("mode", "weight-only"), "samples": target["samples"],
+            "chips": target["chips"], "points": pts,
             "instructions_per_inference": target["instructions_per_inference"],
             "estimated_seconds_per_inference": target.get("estimated_seconds_per_inference", {})}
 
@@ -145,9 +153,9 @@ def summary_table(data: dict[str, Any]) -> str:
 
 
 def write_report(host: dict[str, Any], target: dict[str, Any] | None, out_dir: str | Path,
-                 header: str = "", focus_voltage: float | None = None) -> Path:
+                 header: str = "", focus_voltage: float | None = None, more_targets: list[dict[str, Any]] = ()) -> Path:
     """Write REPORT.md, the three PNGs, report_data.json and summary.json into out_dir (atomically)."""
-    data = report_data(host, target, focus_voltage)
+    data = report_data(host, target, focus_voltage, more_targets)
     with atomic_dir(out_dir) as tmp:
         _plot_accuracy(data, tmp / "accuracy_vs_voltage.png")
         _plot_energy(data, tmp / "energy_tradeoff.png")
@@ -173,7 +181,10 @@ def _markdown(data: dict[str, Any], header: str) -> str:
               "![energy trade-off](energy_tradeoff.png)\n", "![chip spread](chip_spread.png)\n"]
     if data["target"]:
         t = data["target"]
-        parts += [f"## On target: {t['name']} ({t['samples']} samples x {t['chips']} chips per voltage)\n",
+        parts += [f"## On target: {t['name']}, {t['mode']} mode ({t['samples']} samples x {t['chips']} chips per voltage)\n",
+                  "Integer mode runs int8 activations, int32 accumulators and fixed-point rescaling "
+                  "(docs/INTEGER.md) and must equal the host integer reference bit for bit; weight-only mode is the "
+                  "paper's float32 layers on the image's codes.\n" if t["mode"] == "integer" else "",
                   "| V/Vmin | BER | model | target acc % | host acc % | identical predictions | max logit diff |",
                   "|---|---|---|---|---|---|---|"]
         for p in t["points"]:
@@ -181,14 +192,23 @@ def _markdown(data: dict[str, Any], header: str) -> str:
                 ag = p["agreement"][k]
                 parts.append(f"| {p['voltage']:.3f} | {p['ber'] * 100:.3g}% | {k} | {acc['mean']:.2f} | "
                              f"{p['host_accuracy'][k]['mean']:.2f} | {ag['identical_fraction'] * 100:.2f}% | {ag['max_logit_diff']:.2e} |")
-        ipi, est = t["instructions_per_inference"], t["estimated_seconds_per_inference"]
+        modes = data["target_modes"]
         parts += ["\nInstructions per inference (QEMU -icount, deterministic; emulated targets count instructions, "
                   "not cycles, so the time is an estimate at 1 instruction per cycle at the descriptor's clock):\n",
-                  "| part | instructions | estimated ms |", "|---|---|---|"]
+                  "| part |" + "".join(f" {m['mode']}: instructions | estimated ms |" for m in modes),
+                  "|---|" + "---|---|" * len(modes)]
         for k, label in (("generator", "generator G (nominal voltage)"), ("base", "base model"),
                          ("base_nf", "base model on F(x)")):
-            if ipi.get(k):
-                parts.append(f"| {label} | {ipi[k]:,} | {f'{1e3 * est[k]:.1f}' if est.get(k) else '-'} |")
-        if ipi.get("generator_overhead") is not None:
-            parts.append(f"\nGenerator overhead: {100 * ipi['generator_overhead']:.1f}% of the base model's instructions.")
+            if any(m["instructions_per_inference"].get(k) for m in modes):
+                cells = []
+                for m in modes:
+                    v, e = m["instructions_per_inference"].get(k), m["estimated_seconds_per_inference"].get(k)
+                    cells.append(f" {v:,} | {f'{1e3 * e:.1f}' if e else '-'} |" if v else " - | - |")
+                parts.append(f"| {label} |" + "".join(cells))
+        for m in modes:
+            ipi = m["instructions_per_inference"]
+            if ipi.get("generator_overhead") is not None:
+                parts.append(f"\n{m['mode']}: generator overhead {100 * ipi['generator_overhead']:.1f}% of the base "
+                             "model's instructions." + ("" if m["identical_outputs"] is None else
+                                                        f" Identical output numbers: {100 * m['identical_outputs']:.1f}%."))
     return "\n".join(parts) + "\n"

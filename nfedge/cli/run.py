@@ -56,6 +56,6 @@ def report_cmd(run_dir):
         return done[-1].parent
 
     gens = {g: newest(f"gen-{g}") for g in cfg.generators}
-    target = newest("faultrun") if list(root.glob("faultrun-*/DONE.json")) else None
-    out = stages.report_stage(cfg, root, newest("base"), newest("image"), gens, newest("evaluate"), target)
+    targets = [newest(f"faultrun-{m}") for m in cfg.target_modes if list(root.glob(f"faultrun-{m}-*/DONE.json"))]
+    out = stages.report_stage(cfg, root, newest("base"), newest("image"), gens, newest("evaluate"), targets)
     click.echo(f"wrote {out / 'REPORT.md'}")
