@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from nfedge.cli import analysis, deploy, run, sram, train  # noqa: F401 - the commands register on `cli`
+from nfedge.cli import analysis, deploy, plan, run, sram, train  # noqa: F401 - the commands register on `cli`
 from nfedge.cli.common import cli
 from nfedge.errors import NfedgeError
 

@@ -1,0 +1,118 @@
+"""`nfedge plan`: operating points (lowest voltage meeting an accuracy floor on nearly every chip, and the net
+energy saving there) for the base model alone, behind SECDED ECC and behind each generator; docs/PLANNER.md."""
+
+from __future__ import annotations
+
+import click
+
+from nfedge.cli.common import calibration_option, cli, data_config, data_options, emit, load_bases
+from nfedge.errors import NfedgeError
+
+
+def _energy_base(base_path: str, meta: dict) -> str:
+    """What `nfedge energy --base` is given for this checkpoint: the file itself (.pt, counted from the real
+    module), else its registered model name."""
+    from nfedge.models import BASE_MODELS
+
+    if str(base_path).endswith(".pt"):
+        return str(base_path)
+    if meta.get("source") is None and meta["model"] in BASE_MODELS:
+        return meta["model"]
+    raise NfedgeError(f"base checkpoint {base_path}: name it *.pt so its energy can be counted (an imported model)")
+
+
+def write_plot(result: dict, path: str) -> None:
+    """Achievable energy saving against the accuracy floor, one curve per option (Eq. 6 left, Eq. 7 right), as a
+    PNG written atomically."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    from nfedge.fileio import atomic_write_bytes
+
+    curve = result["curve"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, key, title in ((axes[0], "energy_saving", "ES (Eq. 6, weight accesses)"),
+                           (axes[1], "mac_energy_saving", "MAC-ES (Eq. 7, generator MACs)")):
+        for label, c in curve["options"].items():
+            pts = [(f, 100 * e) for f, e in zip(curve["floors"], c[key]) if e is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", markersize=3, label=label)
+        ax.axvline(result["floor"], color="grey", linestyle=":", linewidth=1)
+        ax.axhline(0, color="black", linewidth=0.5)
+        ax.invert_xaxis()  # the floor relaxes to the right
+        ax.set_xlabel(f"accuracy floor at the {result['config']['quantile']} chip quantile (%)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("achievable energy saving (%)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"CA {result['clean']['CA']:.2f}%, {result['config']['chips']} chips, fault {result['config']['fault']}, "
+                 f"grid {curve['grid_step']} V/Vmin (dotted: the plan's floor)", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+@cli.command("plan")
+@click.option("--base", "base_path", required=True, help="base checkpoint (.pt)")
+@click.option("--image", "image_dir", required=True, help="its clean memory image")
+@click.option("--generator", "generator_paths", multiple=True, help="generator checkpoint (repeat; each is an option)")
+@click.option("--floor", type=float, help="accuracy floor in % (absolute)")
+@click.option("--floor-drop", type=float, help="or the floor as points below the base model's CA  [default: 2]")
+@click.option("--quantile", default=0.05, show_default=True, type=float, help="chip quantile that must meet the floor")
+@click.option("--chips", default=20, show_default=True, type=int, help="search chips 0..K-1 (at least 5)")
+@click.option("--confirm-chips", type=int, help="fresh chips K.. re-measured at the voltage found  [default: K; 0: none]")
+@click.option("--fault", default="flip", show_default=True, help="flip | stuck-at")
+@click.option("--v-min", type=float, help="lowest voltage searched, V/Vmin  [default: the table's]")
+@click.option("--v-max", type=float, help="highest voltage searched, V/Vmin  [default: the table's]")
+@click.option("--tolerance", default=0.001, show_default=True, type=float, help="bisection bracket, V/Vmin")
+@click.option("--no-ecc", is_flag=True, help="leave out the SECDED (72,64) option")
+@click.option("--ecc-uncorrectable", default="zero", show_default=True,
+              help="a detected-uncorrectable ECC word: zero | keep (as read)")
+@calibration_option
+@data_options
+@click.option("--json", "as_json", is_flag=True, help="print the result JSON instead of the table")
+@click.option("--out", type=click.Path(dir_okay=False), help="also write the result JSON here")
+@click.option("--plot", type=click.Path(dir_okay=False), help="PNG of achievable ES against the floor (CA .. CA-20)")
+@click.option("--plot-step", default=0.005, show_default=True, type=float, help="the plot's voltage grid, V/Vmin")
+@click.option("--table", type=click.Path(dir_okay=False), help="also write the Markdown table here")
+def plan_cmd(base_path, image_dir, generator_paths, floor, floor_drop, quantile, chips, confirm_chips, fault, v_min,
+             v_max, tolerance, no_ecc, ecc_uncorrectable, calibration, dataset, data_root, train_limit, test_limit,
+             as_json, out, plot, plot_step, table):
+    """Lowest weight-SRAM voltage at which the chip quantile meets the floor, and the energy saving there:
+    base alone, base + SECDED ECC, base behind each generator."""
+    from nfedge.analysis.plan import PlanConfig, plan_markdown, plan_operating_points
+    from nfedge.data import load_dataset
+    from nfedge.fileio import atomic_write_text, sha256_file
+    from nfedge.train.eopm import load_generator
+
+    if floor is not None and floor_drop is not None:
+        raise NfedgeError("give --floor or --floor-drop, not both")
+    ((model, image, meta),) = load_bases([base_path], [image_dir])
+    cfg = PlanConfig(base=_energy_base(base_path, meta), classes=int(meta["num_classes"]), floor=floor,
+                     floor_drop=2.0 if floor_drop is None else floor_drop, quantile=quantile, chips=chips,
+                     confirm_chips=chips if confirm_chips is None else confirm_chips, fault=fault, v_min=v_min,
+                     v_max=v_max, tolerance=tolerance, ecc=not no_ecc, ecc_uncorrectable=ecc_uncorrectable,
+                     calibration=calibration, curve=plot is not None, curve_step=plot_step)
+    dcfg = data_config(meta["meta"], dataset, data_root, train_limit, test_limit)
+    _, test, _ = load_dataset(dcfg)
+    gens, files = {}, {}
+    for path in generator_paths:
+        g, gmeta = load_generator(path)
+        label = gmeta["generator"] if gmeta["generator"] not in gens else str(path)
+        gens[label] = (gmeta["generator"], g)
+        files[label] = {"path": str(path), "sha256": sha256_file(path)}
+    r = plan_operating_points(model, image, test.tensors, cfg, generators=gens)
+    r["inputs"] = {"base": {"path": str(base_path), "sha256": sha256_file(base_path)}, "image": str(image_dir),
+                   "generators": files, "data": dcfg.to_dict()}
+    md = plan_markdown(r)
+    if table:
+        atomic_write_text(table, md + "\n")
+    if plot:
+        write_plot(r, plot)
+    emit(r, as_json, out, md)
