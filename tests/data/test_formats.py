@@ -18,19 +18,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_datasets import err  # noqa: E402 - the one-line-error helper, shared
 
 from nfedge.data import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, DataConfig, load_dataset, scale_images
-from nfedge.errors import NfedgeError
 
 RED, BLUE, GREEN = (255, 0, 0), (0, 0, 255), (0, 255, 0)
 
 
-def err(cfg: DataConfig) -> str:
-    with pytest.raises(NfedgeError) as e:
-        load_dataset(cfg)
-    msg = str(e.value)
-    assert "\n" not in msg
-    return msg
 
 
 def save(path: Path, pixels, **kw) -> Path:
