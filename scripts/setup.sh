@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(dataset-fashion-mnist qemu-system-arm qemu-user-static gcc-arm-none-eabi
+APT_PACKAGES=(dataset-fashion-mnist qemu-system-arm qemu-user-static gcc-arm-none-eabi g++ util-linux
               libnewlib-arm-none-eabi g++-aarch64-linux-gnu)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

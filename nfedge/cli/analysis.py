@@ -56,10 +56,9 @@ def _format_eval(r: dict) -> str:
 def evaluate_cmd(base_path, image_dir, generator_paths, voltages, bers, chips, fault, fault_map, images, calibration,
                  mode, calib_images, dataset, data_root, train_limit, test_limit, as_json, out):
     """Host-simulated CA, PA, CA(NF), PA(NF), RP over evaluation chips (mean, std, worst chip)."""
-    import dataclasses
-
     from nfedge.analysis.evaluate import EvaluateConfig, evaluate
     from nfedge.data import load_dataset
+    from nfedge.data.datasets import calibration_images
     from nfedge.integer.calibrate import calibrate_programs, checkpoint_ranges
     from nfedge.train.eopm import load_generator
 
@@ -74,8 +73,7 @@ def evaluate_cmd(base_path, image_dir, generator_paths, voltages, bers, chips, f
         gens[gmeta["generator"] if gmeta["generator"] not in gens else str(path)] = g
     programs = None
     if mode == "integer":
-        calib, _, _ = load_dataset(dataclasses.replace(data, train_limit=calib_images, test_limit=1, seed=0))
-        programs = calibrate_programs(model, image, gens, calib.tensors[0], checkpoint_ranges(meta))
+        programs = calibrate_programs(model, image, gens, calibration_images(data, calib_images), checkpoint_ranges(meta))
     r = evaluate(model, image, test.tensors, cfg, generators=gens, programs=programs)
     emit(r, as_json, out, _format_eval(r))
 

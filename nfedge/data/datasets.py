@@ -103,3 +103,9 @@ def content_digest(cfg: DataConfig) -> str | None:
     for f in files:
         h.update(f"{f.relative_to(root) if f != root else f.name}\0{sha256_file(f)}\n".encode())
     return h.hexdigest()
+
+
+def calibration_images(cfg: DataConfig, n: int, seed: int = 0) -> torch.Tensor:
+    """A seeded subset of n training images (float32 NCHW in [-1, 1]): what integer mode calibrates on."""
+    train, _, _ = load_dataset(dataclasses.replace(cfg, train_limit=n, test_limit=1, seed=seed))
+    return train.tensors[0]

@@ -24,6 +24,7 @@ from nfedge.analysis.energy import EnergyConfig, estimate_energy
 from nfedge.analysis.evaluate import summarize
 from nfedge.config import require
 from nfedge.data import DataConfig, load_dataset
+from nfedge.data.datasets import calibration_images
 from nfedge.deploy.build import BuildConfig, build_for_target
 from nfedge.deploy.bundle import Bundle, load_bundle
 from nfedge.deploy.harness import check_runnable, run_on_target
@@ -55,10 +56,10 @@ def build_bundle(cfg: BuildConfig, base_checkpoint: str | Path, image_dir: str |
     programs = None
     if cfg.mode == "integer":
         data = _checkpoint_data(meta, Path(base_checkpoint))
-        calib, _, _ = load_dataset(dataclasses.replace(data, train_limit=cfg.calib_images, test_limit=1, seed=0))
-        programs = calibrate_programs(model, image, {"generator": gen} if gen is not None else {}, calib.tensors[0],
+        x_calib = calibration_images(data, cfg.calib_images)
+        programs = calibrate_programs(model, image, {"generator": gen} if gen is not None else {}, x_calib,
                                       checkpoint_ranges(meta))
-        progress.info(f"build: integer programs calibrated on {len(calib)} training images (seed 0)")
+        progress.info(f"build: integer programs calibrated on {len(x_calib)} training images (seed 0)")
     extra = {"host/base.pt": Path(base_checkpoint)}
     if generator_checkpoint:
         extra["host/generator.pt"] = Path(generator_checkpoint)

@@ -388,10 +388,6 @@ def test_image_larger_than_the_user_targets_region(tmp_path, checkpoint):
 @pytest.mark.emulator
 def test_own_model_table_and_target_on_the_emulator(tmp_path, user):
     """All three brought together: the user's class on the user's board, faults from the user's table."""
-    import shutil
-
-    if not (shutil.which("arm-none-eabi-gcc") and shutil.which("qemu-system-arm")):
-        pytest.skip("needs arm-none-eabi-gcc and qemu-system-arm")
     src, sd, _ = user
     d = tmp_path
     r = nfedge("import-model", "--class", f"{src}:TinyNet", "--kwargs", '{"width": 6}', "--state-dict", sd,
@@ -404,6 +400,10 @@ def test_own_model_table_and_target_on_the_emulator(tmp_path, user):
     assert r.returncode == 0, r.stderr[-2000:]
     r = nfedge("faultrun", "--bundle", d / "bundle", "--voltage", 0.833, "--chips", 1, "--samples", 3,
                "--calibration", user_table(d), "--json")
+    # a bundle of an imported class holds a checkpoint that imports the user's code: refused unless trusted
+    assert r.returncode == 1 and "--trust-bundle-code" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = nfedge("faultrun", "--bundle", d / "bundle", "--voltage", 0.833, "--chips", 1, "--samples", 3,
+               "--calibration", user_table(d), "--json", "--trust-bundle-code")  # we built it
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(r.stdout)
     assert res["target"] == "my-board" and res["ber"] == [0.03] and res["agreement"]["passed"]
