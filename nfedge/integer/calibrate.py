@@ -123,10 +123,11 @@ def calibrate(prog: Program, model: nn.Module, x_calib: torch.Tensor, image: Wei
 
 
 def _act_scale(a: float, op: Op) -> float:
-    if not a > 0 or not math.isfinite(a):
-        raise NfedgeError(f"integer mode: the output of {op.module or op.output} is always zero on the calibration "
-                          "set; calibrate on more images")
-    return a / ACT_QMAX
+    if not math.isfinite(a):
+        raise NfedgeError(f"integer mode: the output of {op.module or op.output} is not finite on the calibration set")
+    # A tensor that is zero on every calibration image (e.g. a generator's last layer at its identity init,
+    # G(x) = 0) gets the input's grid, 1/127: zero is exact on any grid, and [-1, 1] stays representable.
+    return a / ACT_QMAX if a > 0 else INPUT_SCALE
 
 
 def _integer_params(prog: Program, op: Op, s_in: list[float], s_out: float, shapes: dict) -> None:
