@@ -136,7 +136,8 @@ def _integer_params(prog: Program, op: Op, s_in: list[float], s_out: float, shap
         sw = prog.weight_scales[prog.weight_key(op)]
         acc_scale = p["g"] * s_in[0] * sw
         if np.any(np.abs(acc_scale) < 1e-30):
-            raise NfedgeError(f"integer mode: {op.module}: a channel's BatchNorm scale is zero; fold it away first")
+            raise NfedgeError(f"integer mode: {op.module}: a channel's BatchNorm scale (gamma) is exactly zero, which the "
+                              "rescale cannot express (a generator still at its identity initialisation? train it first)")
         target = p.get("pre_scale", s_out)
         mult = [quantize_multiplier(f) for f in acc_scale / target]
         p["sign"], p["mult"], p["shift"] = (np.array(v, dtype=np.int64) for v in zip(*mult))
