@@ -72,4 +72,4 @@ def test_target_runs_in_both_modes_integer_first(run):
     assert plotted["target"]["mode"] == "integer" and [m["mode"] for m in plotted["target_modes"]] == ["integer", "weight-only"]
     assert plotted["target_modes"][0]["identical_outputs"] == 1.0  # integer: bit for bit
     md = (d / "out" / "report" / "REPORT.md").read_text()
-    assert "integer mode" in md and "weight-only: instructions" in md
+    assert "integer mode" in md and "weight-only: instructions" in md and "identical to the host reference: 100.0%" in md
