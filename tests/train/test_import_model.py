@@ -394,7 +394,7 @@ def test_own_model_table_and_target_on_the_emulator(tmp_path, user):
                "--dataset", "fashion-mnist", "--test-limit", 20, "--out", d / "imp")
     assert r.returncode == 0, r.stderr
     _quantize(d / "imp" / "base.pt", d / "img")
-    # (a RAM region too small for the model fails at link time: tests/test_compile.py checks that case)
+    # (a RAM region too small for the model fails at link time: tests/deploy/test_build.py checks that case)
     r = nfedge("build", "--target", user_target(d, ram=0x80000), "--base", d / "imp" / "base.pt", "--image", d / "img",
                "--out", d / "bundle")
     assert r.returncode == 0, r.stderr[-2000:]
