@@ -50,7 +50,7 @@ class RunConfig(StageConfig):
     target_samples: int = 32  # test images per chip on the target
     # arithmetic of the on-target runs, first = the report's on-target tables; every mode's instructions are compared.
     # integer: int8 activations, int32 accumulators, exact vs the host integer reference (docs/INTEGER.md); the host
-    # sweep above stays weight-only (the paper's mode, and the float simulation is ~10x faster than the integer one)
+    # sweep above stays weight-only (the paper's mode; the float simulation ran ~8x faster than the integer reference)
     target_modes: tuple[str, ...] = ("integer", "weight-only")
     base_checkpoint: str | None = None  # your own base checkpoint (e.g. from import-model) instead of training `base`
     calibration: str = DEFAULT_CALIBRATION  # SRAM table for every stage: built-in name or TOML file (voltage -> BER)
