@@ -19,9 +19,10 @@ import numpy as np
 import torch
 
 from nfedge.analysis.dataflow import count_macs
-from nfedge.deploy.build import MODES, BuildConfig, build_for_target
+from nfedge.deploy.build import BuildConfig, build_for_target
 from nfedge.deploy.harness import run_on_target
 from nfedge.deploy.lower import SCHEDULES
+from nfedge.integer import MODES
 from nfedge.integer.calibrate import INPUT_SCALE, calibrate_programs
 from nfedge.integer.scheme import quantize_to_int8
 from nfedge.models import create_base_model, create_generator

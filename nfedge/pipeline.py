@@ -23,6 +23,7 @@ from nfedge.data.datasets import content_digest
 from nfedge.deploy.targets import load_target
 from nfedge.errors import NfedgeError
 from nfedge.fileio import atomic_write_json, sha256_file
+from nfedge.integer import MODES
 from nfedge.models import GENERATORS
 from nfedge.progress import DEFAULT, Progress
 from nfedge.quant import check_bits
@@ -61,7 +62,7 @@ class RunConfig(StageConfig):
         for g in self.generators:
             require(g in GENERATORS, f"unknown generator {g!r}; known: {', '.join(GENERATORS.names())}")
         require(self.chips >= 1 and self.target_chips >= 1 and self.target_samples >= 1, "chips and samples must be >= 1")
-        require(len(self.target_modes) >= 1 and all(m in ("integer", "weight-only") for m in self.target_modes)
+        require(len(self.target_modes) >= 1 and all(m in MODES for m in self.target_modes)
                 and len(set(self.target_modes)) == len(self.target_modes),
                 f"target_modes must be distinct modes out of integer, weight-only, got {self.target_modes!r}")
         cal = load_calibration(self.calibration)  # fail now, not after training, on a bad table or voltage

@@ -28,6 +28,11 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def seeded_subset(x: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """n rows of x drawn by a seeded permutation (all of them when x has fewer): a calibration set."""
+    return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]]
+
+
 def batches(data: TensorDataset, batch_size: int, shuffle: bool = False,
             generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(x, y) batches of an in-memory dataset; shuffled with `generator` when asked (reproducible)."""

@@ -15,6 +15,7 @@ import torch
 
 from nfedge.analysis.evaluate import predict
 from nfedge.data import DataConfig, load_dataset
+from nfedge.data.datasets import calibration_images
 from nfedge.integer.calibrate import INPUT_SCALE, calibrate, program_weights
 from nfedge.integer.program import trace_program
 from nfedge.integer.reference import image_codes, run_integer
@@ -35,10 +36,10 @@ def main() -> None:
     model, meta = load_checkpoint(a.base)
     image = read_image(a.image)
     data = DataConfig.from_dict(meta["meta"]["config"]["data"])
-    calib, _, _ = load_dataset(dataclasses.replace(data, train_limit=a.calib, test_limit=None, seed=a.seed))
+    x_calib = calibration_images(data, a.calib, a.seed)
     _, test, info = load_dataset(dataclasses.replace(data, test_limit=a.test_limit or None, seed=a.seed))
     x, y = test.tensors
-    prog = calibrate(trace_program(model, True), model, calib.tensors[0], image=image)
+    prog = calibrate(trace_program(model, True), model, x_calib, image=image)
     wo = 100 * float((predict(model, image.dequantized_weights(), x) == y).float().mean())
     t0 = time.perf_counter()
     x_q = quantize_to_int8(x.numpy(), INPUT_SCALE)

@@ -24,6 +24,7 @@ import numpy as np
 import onnxruntime as ort
 
 from nfedge.data import DataConfig, load_dataset
+from nfedge.data.datasets import calibration_images
 from nfedge.integer.calibrate import INPUT_SCALE, calibrate_programs
 from nfedge.integer.onnx_export import agreement, export_integer_onnx, reference_front, reference_output, run_onnx
 from nfedge.integer.scheme import quantize_to_int8
@@ -51,14 +52,14 @@ def main() -> None:
     model, meta = load_checkpoint(a.base)
     image = read_image(a.image)
     data = DataConfig.from_dict(meta["meta"]["config"]["data"])
-    calib, _, _ = load_dataset(dataclasses.replace(data, train_limit=a.calib, test_limit=None, seed=a.seed))
+    x_calib = calibration_images(data, a.calib, a.seed)
     _, test, info = load_dataset(dataclasses.replace(data, test_limit=a.test_limit or None, seed=a.seed))
     x, y = (t.numpy() for t in test.tensors)
     gens = {}
     if a.generator:
         gen, gmeta = load_generator(a.generator)
         gens[gmeta["generator"]] = gen
-    programs = calibrate_programs(model, image, gens, calib.tensors[0])
+    programs = calibrate_programs(model, image, gens, x_calib)
     images = {"clean": image}
     for ber in a.ber:
         for chip in range(a.chips):

@@ -18,6 +18,7 @@ from torch import nn
 
 from nfedge.config import require
 from nfedge.errors import NfedgeError
+from nfedge.integer import MODES
 from nfedge.integer.calibrate import INPUT_SCALE
 from nfedge.integer.reference import image_codes, run_front, run_integer
 from nfedge.integer.scheme import quantize_to_int8
@@ -25,8 +26,6 @@ from nfedge.models.generators import neuralfuse_transform
 from nfedge.progress import DEFAULT, Progress
 from nfedge.sram.image import WeightImage
 from nfedge.sram.sweep import FaultSweep, faulty_images
-
-MODES = ("weight-only", "integer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,11 +95,11 @@ class ImageScorer:
         key = (image.manifest.image_sha256, name)
         if key not in self._cache:
             if self.programs is None:
-                pred = predict(self.model, image.dequantized_weights(), self.inputs[name], batch_size=self.batch_size)
+                self._cache[key] = image_accuracy(self.model, image, self.inputs[name], self.y, self.batch_size)
             else:
                 base = self.programs["base"]
                 pred = torch.from_numpy(run_integer(base, self.inputs[name], image_codes(base, image)).argmax(1))
-            self._cache[key] = 100.0 * float((pred == self.y).float().mean())
+                self._cache[key] = 100.0 * float((pred == self.y).float().mean())
         return self._cache[key]
 
 

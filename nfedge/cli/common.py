@@ -11,6 +11,7 @@ import json
 import click
 
 from nfedge.errors import NfedgeError
+from nfedge.integer import MODES
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -83,6 +84,6 @@ def condition_cells(cond: dict) -> str:
 
 
 def mode_option(fn):
-    return click.option("--mode", default="weight-only", show_default=True, type=click.Choice(["weight-only", "integer"]),
+    return click.option("--mode", default="weight-only", show_default=True, type=click.Choice(list(MODES)),
                         help="weight-only: float layers on the image's codes (the paper); integer: int8 activations, "
                         "int32 accumulators, fixed-point rescaling (docs/INTEGER.md)")(fn)

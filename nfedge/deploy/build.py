@@ -57,15 +57,14 @@ from nfedge.deploy.toolchain import firmware_dir, run_tool, section_sizes, tvm_f
 from nfedge.deploy.tuning_db import load_tuning_db
 from nfedge.errors import NfedgeError
 from nfedge.fileio import atomic_dir, atomic_write_json, sha256_file
+from nfedge.integer import MODES
 from nfedge.integer.calibrate import CALIBRATION_IMAGES
 from nfedge.integer.program import Program, program_to_dict
 from nfedge.progress import QUIET, Progress
 from nfedge.quant import check_bits
 from nfedge.sram.image import WeightImage, write_image
 
-__all__ = ["BuildConfig", "build_for_target", "check_build_inputs", "check_programs", "MODES"]
-
-MODES = ("weight-only", "integer")
+__all__ = ["BuildConfig", "build_for_target", "check_build_inputs", "check_programs"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from nfedge.config import StageConfig, require
 from nfedge.data import DataConfig, load_dataset
 from nfedge.fileio import atomic_write_json
+from nfedge.integer import MODES
 from nfedge.integer.calibrate import calibrate
 from nfedge.integer.program import trace_program
 from nfedge.integer.qat import LiveWeights
@@ -24,7 +25,7 @@ from nfedge.integer.simulate import run_float
 from nfedge.models import BASE_MODELS, create_base_model
 from nfedge.progress import DEFAULT, Progress
 from nfedge.quant import check_bits, fake_quantized_weights
-from nfedge.runtime import batches, pick_device, seed_everything
+from nfedge.runtime import batches, pick_device, seed_everything, seeded_subset
 from nfedge.sram.image import build_image
 from nfedge.train.checkpoint import atomic_torch_save, save_checkpoint
 
@@ -53,7 +54,7 @@ class TrainBaseConfig(StageConfig):
         require(self.model in BASE_MODELS, f"unknown base model {self.model!r}; known: {', '.join(BASE_MODELS.names())}")
         check_bits(self.bits)
         require(self.epochs >= 1 and self.batch_size >= 1 and self.lr > 0, "epochs, batch_size and lr must be positive")
-        require(self.mode in ("weight-only", "integer"), f"mode must be weight-only or integer, got {self.mode!r}")
+        require(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         require(self.integer_epochs >= 0 and self.integer_lr_factor > 0 and self.calib_images >= 1,
                 "integer_epochs >= 0, integer_lr_factor > 0 and calib_images >= 1 are required")
 
@@ -129,8 +130,7 @@ def integer_qat(model: torch.nn.Module, train, test, cfg: TrainBaseConfig, gen: 
     "integer" entry: the frozen ranges and the twin's test accuracy (BatchNorm statistics frozen: eval mode)."""
     model.eval()
     dev = next(model.parameters()).device
-    x_calib = train.tensors[0][torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))
-                               [: cfg.calib_images]]
+    x_calib = seeded_subset(train.tensors[0], cfg.calib_images, cfg.seed)
     prog = calibrate(trace_program(model, True), model.cpu(), x_calib, image=build_image(model, cfg.bits, cfg.per_channel))
     model.to(dev)
     live = LiveWeights(prog, model, cfg.bits, cfg.per_channel)

@@ -28,6 +28,7 @@ from torch import nn
 
 from nfedge.config import StageConfig, require
 from nfedge.errors import NfedgeError
+from nfedge.integer import MODES
 from nfedge.integer.calibrate import CALIBRATION_IMAGES, INPUT_SCALE, calibrate, program_weights
 from nfedge.integer.program import trace_program
 from nfedge.integer.scheme import INT8_MAX
@@ -35,7 +36,7 @@ from nfedge.integer.simulate import fake_quantize, run_float
 from nfedge.models import GENERATORS, create_generator
 from nfedge.models.generators import neuralfuse_transform
 from nfedge.progress import DEFAULT, Progress
-from nfedge.runtime import batches, pick_device, seed_everything
+from nfedge.runtime import batches, pick_device, seed_everything, seeded_subset
 from nfedge.sram.faults import FAULT_MODELS, InjectConfig, inject_faults
 from nfedge.sram.image import WeightImage
 from nfedge.train.checkpoint import atomic_torch_save, load_torch_file
@@ -43,7 +44,6 @@ from nfedge.train.perturb import fold_batchnorm, forward_many, perturbed_weights
 
 GENERATOR_FORMAT = "nfedge-generator"
 PRECISIONS = ("fp32", "bf16")
-MODES = ("weight-only", "integer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,10 +172,10 @@ def train_generator(cfg: EOPMConfig, bases: list[tuple[nn.Module, WeightImage]],
              for fb, (_, img) in zip(folded, bases)]
     programs = []
     if cfg.mode == "integer":
-        x_calib = train.tensors[0][torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))
-                                   [: cfg.calib_images]]
+        x_calib = seeded_subset(train.tensors[0], cfg.calib_images, cfg.seed)
         ranges = base_ranges or [None] * len(bases)
         programs = [calibrate(trace_program(m, True), m, x_calib, image=img, ranges=r) for (m, img), r in zip(bases, ranges)]
+        clean = [program_weights(p, m, img) for p, (m, img) in zip(programs, bases)]  # the clean codes, once
     opt = torch.optim.Adam(model_g.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step_every, gamma=cfg.lr_gamma)
     history, step = [], 0
@@ -194,8 +194,7 @@ def train_generator(cfg: EOPMConfig, bases: list[tuple[nn.Module, WeightImage]],
                 chips = training_chips(chip_rng, cfg.n_perturbed)
                 if programs:  # the integer twin reads codes: the faulty image's, as the target will
                     faulty = [inject_faults(image, cfg.inject_config(c))[0] for c in chips]
-                    parts.append((programs[i], program_weights(programs[i], model, image),
-                                  [program_weights(programs[i], model, f) for f in faulty]))
+                    parts.append((programs[i], cw, [program_weights(programs[i], model, f) for f in faulty]))
                     continue
                 pw = [fb.weights(perturbed_weights(image, cfg.inject_config(c))) for c in chips]
                 parts.append((fb.module, cw, [{k: v.to(device) for k, v in w.items()} for w in pw]))
