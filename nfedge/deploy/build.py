@@ -50,6 +50,7 @@ from nfedge.deploy.bundle import (
 from nfedge.deploy.codegen import c_symbol, generate_c, memory_ld, plan_program
 from nfedge.deploy.emulators import INPUT_HEADER_BYTES
 from nfedge.deploy.export import ImageWeightedModel, NeuralFuseFront, image_tensor
+from nfedge.deploy.int8_kernels import isa_of_target
 from nfedge.deploy.integer_graph import integer_relax_graphs
 from nfedge.deploy.lower import SCHEDULES, lower_relax, relax_graphs
 from nfedge.deploy.targets import TargetDescriptor, descriptor_text, parse_target
@@ -163,9 +164,10 @@ def build_for_target(cfg: BuildConfig, base_model: nn.Module, image: WeightImage
         tuning = load_tuning_db(cfg.tuning_db, target)
 
     progress.info(f"build: importing the base model{' and generator' if generator is not None else ''} into TVM Relax")
-    relax_mods = (integer_relax_graphs(programs["base"], cfg.input_shape, image, programs.get("generator")) if integer
-                  else relax_graphs(cfg.input_shape, base_model, image, generator))
     tvm_target = target.tvm_target()
+    relax_mods = (integer_relax_graphs(programs["base"], cfg.input_shape, image, programs.get("generator"),
+                                       isa=isa_of_target(tvm_target)) if integer
+                  else relax_graphs(cfg.input_shape, base_model, image, generator))
 
     out_dir = Path(out_dir)
     log: list[str] = []

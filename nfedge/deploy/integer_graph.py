@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from nfedge.deploy.int8_kernels import KERNEL_ATTR, constant_weights, conv2d_int8, padded_reduction
 from nfedge.errors import NfedgeError
 from nfedge.integer.program import INPUT, Op, Program
 from nfedge.integer.reference import front_factors
@@ -64,14 +65,49 @@ def _weight(bb, prog: Program, op: Op, image_var, entries: dict[str, Any]):
     return bb.emit(relax.op.reshape(w, t.shape))
 
 
-def _emit_program(bb, prog: Program, x, image_var, entries):
+def _emit_conv_kernel(bb, prog: Program, op: Op, x, image_var, entries, isa: str | None, total_bytes: int):
+    """A conv layer as nfedge's own kernel (nfedge.deploy.int8_kernels): im2col + int8 dot products + rescale."""
+    p = op.params
+    key = prog.weight_key(op)
+    if prog.weights_from_image:
+        t = entries[key]
+        o, shape, offset = int(t.shape[0]), tuple(int(v) for v in t.shape), int(t.offset)
+        k_terms = int(np.prod(shape[1:]))
+        kp = padded_reduction(k_terms, isa, total_bytes - (offset + t.numel))
+        w = image_var
+    else:
+        codes = np.asarray(prog.constants[key])
+        o, shape, offset = int(codes.shape[0]), codes.shape, 0
+        kp = padded_reduction(int(np.prod(shape[1:])), isa, None)
+        w = _const(constant_weights(codes, kp), "int8")
+
+    def per_channel(v, dtype: str):
+        return np.broadcast_to(np.asarray(v, dtype=np.int64), (o,)).astype(dtype)
+
+    final = p["lo"] == INT32_MIN
+    lut = _const(p["lut"], "int8") if op.activation == "tanh" else None
+    bias = per_channel(p["bias_q"], "int64")
+    shift = per_channel(p["shift"], "int64")
+    mult = per_channel(np.asarray(p["sign"], dtype=np.int64) * np.asarray(p["mult"], dtype=np.int64), "int64")
+    args = [x, w, _const(bias.astype(np.int32), "int32"), _const(mult.astype(np.int32), "int32"),
+            _const(np.left_shift(np.int64(1), shift - 1), "int64"), _const(shift, "int64")]
+    return bb.emit_te(conv2d_int8, *args, *([lut] if lut is not None else []), w_offset=offset, out_channels=o,
+                      kernel=int(shape[2]), stride=int(op.attrs["stride"]), padding=int(op.attrs["padding"]), kp=kp,
+                      lo=int(p["lo"]), hi=int(p["hi"]), out_dtype="int32" if final else "int8",
+                      bias_bound=int(np.abs(bias).max(initial=0)),
+                      primfunc_name_hint=f"nf_conv_{op.output}".replace(".", "_"))
+
+
+def _emit_program(bb, prog: Program, x, image_var, entries, isa: str | None = None, total_bytes: int = 0):
     from tvm import relax
 
     t = {INPUT: x}
     for op in prog.ops:
         a = [t[i] for i in op.inputs]
         p = op.params
-        if op.kind in ("conv", "linear"):
+        if op.kind == "conv" and not op.attrs.get("transposed"):
+            y = _emit_conv_kernel(bb, prog, op, a[0], image_var, entries, isa, total_bytes)
+        elif op.kind in ("conv", "linear"):
             w = _weight(bb, prog, op, image_var, entries)
             if op.kind == "linear":
                 acc = bb.emit(relax.op.matmul(a[0], relax.op.permute_dims(w, [1, 0]), out_dtype="int32"))
@@ -113,8 +149,9 @@ def _emit_program(bb, prog: Program, x, image_var, entries):
 
 
 def integer_relax_graphs(base: Program, input_shape: tuple[int, int, int], image: WeightImage,
-                         generator: Program | None = None, batch: int = 1) -> dict[str, Any]:
-    """The Relax programs an integer bundle compiles (see the module doc)."""
+                         generator: Program | None = None, batch: int = 1, isa: str | None = None) -> dict[str, Any]:
+    """The Relax programs an integer bundle compiles (see the module doc); `isa` ("mve", "dsp" or None:
+    nfedge.deploy.int8_kernels.isa_of_target) sets how far each conv's reduction is zero-padded for its kernel."""
     from tvm import relax
 
     if not base.calibrated or (generator is not None and not generator.calibrated):
@@ -130,19 +167,30 @@ def integer_relax_graphs(base: Program, input_shape: tuple[int, int, int], image
     img = relax.Var("image", relax.TensorType((image.manifest.total_bytes,), "int8"))
     with bb.function("main", [x, img]):
         with bb.dataflow():
-            out = bb.emit_output(_emit_program(bb, base, x, img, entries))
+            out = bb.emit_output(_emit_program(bb, base, x, img, entries, isa, image.manifest.total_bytes))
         bb.emit_func_output(out)
-    mods["base"] = bb.get()
+    mods["base"] = _mark_kernels(bb.get())
     if generator is not None:
         bb = relax.BlockBuilder()
         x = relax.Var("x", relax.TensorType(shape, "int8"))
         with bb.function("main", [x]):
             with bb.dataflow():
-                g = _emit_program(bb, generator, x, None, {})
+                g = _emit_program(bb, generator, x, None, {}, isa)
                 mx, mg, shift = front_factors(generator)
                 acc = bb.emit(relax.op.add(relax.op.multiply(relax.op.astype(x, "int64"), _const(mx, "int64")),
                                            relax.op.multiply(relax.op.astype(g, "int64"), _const(mg, "int64"))))
                 out = bb.emit_output(_rescale(bb, acc, 1, 1, shift, -INT8_MAX, INT8_MAX, "int8", None))
             bb.emit_func_output(out)
-        mods["generator"] = bb.get()
+        mods["generator"] = _mark_kernels(bb.get())
     return mods
+
+
+def _mark_kernels(mod):
+    """Mark nfedge's conv kernels for nfedge.deploy.int8_kernels.schedule_int8_kernels, and as opaque so that
+    FuseOps keeps each one whole (op_pattern 8 = kOpaque: nothing is fused into or onto it)."""
+    import tvm
+
+    for gv, f in list(mod.functions.items()):
+        if isinstance(f, tvm.tirx.PrimFunc) and gv.name_hint.startswith("nf_conv_"):
+            mod[gv] = f.with_attr(KERNEL_ATTR, "conv2d_int8").with_attr("op_pattern", 8)
+    return mod

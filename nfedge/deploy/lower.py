@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from nfedge.deploy.export import ImageWeightedModel, NeuralFuseFront, image_tensor
+from nfedge.deploy.int8_kernels import schedule_int8_kernels
 from nfedge.errors import NfedgeError
 from nfedge.sram.image import WeightImage
 
@@ -70,6 +71,7 @@ def lower_relax(mod, target, schedule: str = "inline"):
     ])
     with target:
         mod = seq(mod)
+    mod = schedule_int8_kernels(mod, target)  # integer mode's conv kernels, for the target's ISA
     if schedule == "inline":
         mod = apply_inline_schedule(mod)
     return mod
