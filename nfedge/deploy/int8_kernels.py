@@ -30,8 +30,8 @@ import numpy as np
 from nfedge.errors import NfedgeError
 from nfedge.integer.scheme import INT32_MAX
 
-__all__ = ["ISAS", "KERNEL_ATTR", "chunk_of", "conv2d_int8", "isa_of_target", "padded_reduction",
-           "schedule_int8_kernels"]
+__all__ = ["ISAS", "KERNEL_ATTR", "chunk_of", "constant_weights", "conv2d_int8", "isa_of_target", "narrow_accumulator",
+           "padded_reduction", "schedule_int8_kernels"]
 
 ISAS = ("mve", "dsp")
 KERNEL_ATTR = "nfedge.kernel"  # PrimFunc attribute that marks a conv2d_int8 function for the scheduler
@@ -68,10 +68,11 @@ def padded_reduction(k: int, isa: str | None, room: int | None) -> int:
 
 
 def conv2d_int8(x, w, bias, mult, rounding, shift, lut=None, *, w_offset: int, out_channels: int, kernel: int,
-                stride: int, padding: int, kp: int, lo: int, hi: int, out_dtype: str, bias_bound: int):
+                stride: int, padding: int, kp: int, lo: int, hi: int, out_dtype: str, bias_bound: int,
+                high_word: bool):
     """The TE compute of one integer conv layer (see the module doc). x: int8 [N, C, H, W]; w: the flat int8
     image (w_offset = the tensor's byte offset) or a constant int8 [O, Kp]; per output channel: bias and
-    mult (sign*M) int32, rounding (2^(shift-1)) and shift int64; lut: int8 [256] (tanh) or None;
+    mult (sign*M) int32, rounding and shift (see high_word); lut: int8 [256] (tanh) or None;
     bias_bound: max |bias|."""
     from tvm import te, tirx
 
@@ -102,7 +103,9 @@ def conv2d_int8(x, w, bias, mult, rounding, shift, lut=None, *, w_offset: int, o
     # the bias is added in int32 where acc + bias cannot overflow (|acc| <= Kp * 2^14 with any codes): the
     # epilogue then multiplies two int32 (one SMULL), adds the rounding constant, shifts and clamps, the
     # reference's int64 formula; the bias is added in int64 otherwise
-    narrow = kp * (1 << 14) + bias_bound <= INT32_MAX
+    narrow = narrow_accumulator(kp, bias_bound)
+    if high_word and not narrow:
+        raise NfedgeError("integer kernel: the 32-bit epilogue needs acc + bias within int32")
     acc = te.compute((n_, out_channels, oh_, ow_),
                      lambda n, o, oh, ow: te.sum(col[n, oh, ow, r].astype("int32") * weight(o, r).astype("int32"),
                                                  axis=r), name="nf_acc")
@@ -112,13 +115,26 @@ def conv2d_int8(x, w, bias, mult, rounding, shift, lut=None, *, w_offset: int, o
     def epilogue(n, o, oh, ow):
         v = biased[n, o, oh, ow].astype("int64")
         v = v if narrow else v + bias[o].astype("int64")
+        if high_word:  # nfedge.integer.scheme.apply_scale_high_word: SMMUL, add, shift, saturate in 32 bits
+            top = ((v * mult[o].astype("int64")) >> 32).astype("int32")
+            # shift holds shift - 32 as uint8: TVM 0.27's bound analysis of x >> (an int32 of unknown range) is
+            # wrong and it then drops the clamp below; a uint8 amount keeps it
+            y = (top + rounding[o]) >> shift[o].astype("int32")
+            return _finish(tirx.max(tirx.min(y, tirx.const(hi, "int32")), tirx.const(lo, "int32")))
         v = (v * mult[o].astype("int64") + rounding[o]) >> shift[o]
-        v = tirx.max(tirx.min(v, tirx.const(hi, "int64")), tirx.const(lo, "int64"))
+        return _finish(tirx.max(tirx.min(v, tirx.const(hi, "int64")), tirx.const(lo, "int64")))
+
+    def _finish(v):
         if lut is not None:
             return lut[v.astype("int32") + 128]
         return v.astype(out_dtype)
 
     return te.compute((n_, out_channels, oh_, ow_), epilogue, name="nf_out")
+
+
+def narrow_accumulator(kp: int, bias_bound: int) -> bool:
+    """acc + bias fits int32 whatever the codes: |acc| <= Kp * 128 * 128 (a faulty code can be -128)."""
+    return kp * (1 << 14) + bias_bound <= INT32_MAX
 
 
 def constant_weights(codes: np.ndarray, kp: int) -> np.ndarray:

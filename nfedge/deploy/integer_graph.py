@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from nfedge.deploy.int8_kernels import KERNEL_ATTR, constant_weights, conv2d_int8, padded_reduction
+from nfedge.deploy.int8_kernels import KERNEL_ATTR, constant_weights, conv2d_int8, narrow_accumulator, padded_reduction
 from nfedge.errors import NfedgeError
 from nfedge.integer.program import INPUT, Op, Program
 from nfedge.integer.reference import front_factors
-from nfedge.integer.scheme import INT8_MAX, INT8_MIN, INT32_MIN
+from nfedge.integer.scheme import HIGH_WORD_MIN_SHIFT, INT8_MAX, INT8_MIN, INT32_MIN
 from nfedge.sram.image import WeightImage
 
 __all__ = ["integer_relax_graphs"]
@@ -89,12 +89,17 @@ def _emit_conv_kernel(bb, prog: Program, op: Op, x, image_var, entries, isa: str
     bias = per_channel(p["bias_q"], "int64")
     shift = per_channel(p["shift"], "int64")
     mult = per_channel(np.asarray(p["sign"], dtype=np.int64) * np.asarray(p["mult"], dtype=np.int64), "int64")
-    args = [x, w, _const(bias.astype(np.int32), "int32"), _const(mult.astype(np.int32), "int32"),
-            _const(np.left_shift(np.int64(1), shift - 1), "int64"), _const(shift, "int64")]
+    # the 32-bit epilogue where every shift allows it (int32 logits too: their clamp is the int32 range)
+    high_word = int(shift.min()) >= HIGH_WORD_MIN_SHIFT and narrow_accumulator(kp, int(np.abs(bias).max(initial=0)))
+    if high_word:
+        rounding, shift_arg = _const(np.left_shift(1, shift - 33), "int32"), _const(shift - 32, "uint8")
+    else:
+        rounding, shift_arg = _const(np.left_shift(np.int64(1), shift - 1), "int64"), _const(shift, "int64")
+    args = [x, w, _const(bias.astype(np.int32), "int32"), _const(mult.astype(np.int32), "int32"), rounding, shift_arg]
     return bb.emit_te(conv2d_int8, *args, *([lut] if lut is not None else []), w_offset=offset, out_channels=o,
                       kernel=int(shape[2]), stride=int(op.attrs["stride"]), padding=int(op.attrs["padding"]), kp=kp,
                       lo=int(p["lo"]), hi=int(p["hi"]), out_dtype="int32" if final else "int8",
-                      bias_bound=int(np.abs(bias).max(initial=0)),
+                      bias_bound=int(np.abs(bias).max(initial=0)), high_word=high_word,
                       primfunc_name_hint=f"nf_conv_{op.output}".replace(".", "_"))
 
 

@@ -70,6 +70,23 @@ def apply_scale(values, multiplier, shift):
     return (v * m + (_int64(1, v) << (s - 1))) >> s
 
 
+HIGH_WORD_MIN_SHIFT = 33  # apply_scale_high_word is exact for shifts from here up
+
+
+def apply_scale_high_word(values, signed_multiplier, shift):
+    """apply_scale in 32-bit steps, for shift >= 33 (the kernels' fast epilogue, docs/INTEGER.md): with
+    P = v * (sign*M) (a 32 x 32 -> 64-bit product) and hi = P >> 32 (SMMUL's high word),
+    (P + 2^(shift-1)) >> shift == (hi + 2^(shift-33)) >> (shift-32). Exact: 2^(shift-1) only adds to the high
+    word, and the low word's fraction (< 1) cannot carry a floor across a multiple of 2^(shift-32). Every
+    intermediate fits int32 (|hi| < 2^30). numpy int64 arrays in, int64 out."""
+    v = np.asarray(values, dtype=np.int64)
+    m, s = np.asarray(signed_multiplier, dtype=np.int64), np.asarray(shift, dtype=np.int64)
+    if int(s.min()) < HIGH_WORD_MIN_SHIFT:
+        raise NfedgeError(f"the high-word rescale needs shifts >= {HIGH_WORD_MIN_SHIFT}")
+    hi = (v * m) >> 32
+    return (hi + (np.int64(1) << (s - 33))) >> (s - 32)
+
+
 def saturate(values, lo: int = INT8_MIN, hi: int = INT8_MAX):
     return values.clamp(lo, hi) if isinstance(values, torch.Tensor) else np.clip(values, lo, hi)
 
