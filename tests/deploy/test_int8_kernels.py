@@ -1,0 +1,172 @@
+"""nfedge.deploy.int8_kernels: the integer conv kernel computes the reference's integers (compiled for this host),
+its schedule uses the ISA's dot-product instructions (the compiled Cortex-M objects' disassembly), and a schedule
+that fails is an error naming the function."""
+
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nfedge.deploy.int8_kernels import (
+    KERNEL_ATTR,
+    conv2d_int8,
+    isa_of_target,
+    narrow_accumulator,
+    padded_reduction,
+    schedule_int8_kernels,
+)
+from nfedge.deploy.lower import lower_relax
+from nfedge.errors import NfedgeError
+from nfedge.integer.scheme import HIGH_WORD_MIN_SHIFT, apply_scale, apply_scale_high_word, saturate
+
+M55 = {"kind": "llvm", "mtriple": "thumbv8.1m.main-none-eabi", "mcpu": "cortex-m55", "mfloat-abi": "soft"}
+M4 = {"kind": "llvm", "mtriple": "thumbv7em-none-eabi", "mcpu": "cortex-m4", "mfloat-abi": "soft"}
+
+
+def _conv_module(c, o, h, kp, bias, mult, shift, high_word, stride=1, padding=1, lo=-128, hi=127, extra=0):
+    import tvm
+    from tvm import relax
+
+    k = c * 9
+
+    def const(v, dtype):
+        return relax.const(np.asarray(v, dtype=dtype), dtype)
+
+    if high_word:
+        rounding, shift_arg = const(np.left_shift(1, shift - 33), "int32"), const(shift - 32, "uint8")
+    else:
+        rounding, shift_arg = const(np.left_shift(np.int64(1), shift - 1), "int64"), const(shift, "int64")
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, c, h, h), "int8"))
+    img = relax.Var("image", relax.TensorType((o * k + extra,), "int8"))
+    with bb.function("main", [x, img]):
+        with bb.dataflow():
+            y = bb.emit_te(conv2d_int8, x, img, const(bias, "int32"), const(mult, "int32"), rounding, shift_arg,
+                           w_offset=0, out_channels=o, kernel=3, stride=stride, padding=padding, kp=kp, lo=lo, hi=hi,
+                           out_dtype="int8", bias_bound=int(np.abs(bias).max()), high_word=high_word,
+                           primfunc_name_hint="nf_conv_t")
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    mod = bb.get()
+    for gv, f in list(mod.functions.items()):
+        if isinstance(f, tvm.tirx.PrimFunc):
+            mod[gv] = f.with_attr(KERNEL_ATTR, "conv2d_int8").with_attr("op_pattern", 8)
+    return mod
+
+
+def _reference(x, w, bias, sign_mult, shift, stride, padding, lo=-128, hi=127):
+    acc = F.conv2d(torch.tensor(x, dtype=torch.float64), torch.tensor(w, dtype=torch.float64), stride=stride,
+                   padding=padding).numpy().astype(np.int64) + bias.reshape(1, -1, 1, 1)
+    sign = np.sign(sign_mult).reshape(1, -1, 1, 1)
+    return saturate(apply_scale(sign * acc, np.abs(sign_mult).reshape(1, -1, 1, 1), shift.reshape(1, -1, 1, 1)), lo, hi)
+
+
+@pytest.mark.parametrize("high_word", [True, False])
+@pytest.mark.parametrize("c,o,h,stride,padded", [(8, 16, 8, 1, False), (1, 8, 12, 1, True), (4, 6, 9, 2, False)])
+def test_kernel_equals_the_reference_on_this_host(high_word, c, o, h, stride, padded):
+    import tvm
+    from tvm import relax
+
+    rng = np.random.default_rng(c * 100 + o)
+    k = c * 9
+    kp = -(-k // 16) * 16 if padded else k
+    extra = kp - k  # the padded reduction over-reads the bytes after the tensor (multiplied by zeros)
+    # extreme operands: codes and activations at -128/127, the smallest and largest shifts of each path
+    lo_shift = HIGH_WORD_MIN_SHIFT if high_word else 2
+    shift = rng.integers(lo_shift, 46, o)
+    shift[0], shift[-1] = lo_shift, 45
+    mult = rng.integers(2**30, 2**31, o) * rng.choice([-1, 1], o)
+    bias = rng.integers(-20000, 20000, o)
+    x = rng.choice(np.array([-128, 127, 0, 1, -1, 55], dtype=np.int8), (1, c, h, h))
+    image = rng.integers(-128, 128, o * k + extra).astype(np.int8)
+    mod = _conv_module(c, o, h, kp, bias, mult, shift, high_word, stride=stride, extra=extra)
+    target = tvm.target.Target("llvm")
+    ex = tvm.compile(lower_relax(mod, target, "inline"), target=target)
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(image)).numpy()
+    ref = _reference(x, image[: o * k].reshape(o, c, 3, 3), bias, mult, shift, stride, 1)
+    assert got.shape == ref.shape and np.array_equal(got.astype(np.int64), ref)
+    assert len(np.unique(ref)) > 10 and (ref == 127).any() and (ref == -128).any()  # saturation was exercised
+
+
+def test_high_word_rescale_hand_worked_and_random():
+    # (v*m + 2^(s-1)) >> s worked by hand:
+    #   1 * 2^30, s=33:           (2^30 + 2^32) >> 33 = 0
+    #   -3 * (2^31-1), s=33:      (-6442450941 + 4294967296) >> 33 = floor(-2147483645 / 2^33) = -1
+    #   (2^31-1)^2, s=33:         (2^62 - 2^32 + 1 + 2^32) >> 33 = 2^29
+    #   -2^31 * (2^31-1), s=33:   (-2^62 + 2^31 + 2^32) >> 33 = floor(-2^29 + 0.75) = -2^29
+    #   12345 * -2^30, s=40:      (-12345 * 2^30 + 512 * 2^30) >> 40 = floor(-11833 / 1024) = -12
+    #   7 * 2^30, s=62:           (7 * 2^30 + 2^61) >> 62 = 0
+    cases = [(1, 2**30, 33, 0), (-3, 2**31 - 1, 33, -1), (2**31 - 1, 2**31 - 1, 33, 2**29),
+             (-(2**31), 2**31 - 1, 33, -(2**29)), (12345, -(2**30), 40, -12), (7, 2**30, 62, 0)]
+    for v, m, s, want in cases:
+        assert int(apply_scale(np.sign(m) * v, abs(m), s)) == want
+        assert int(apply_scale_high_word(v, m, s)) == want
+    rng = np.random.default_rng(0)
+    v = rng.integers(-(2**31), 2**31, 100_000)
+    m = rng.integers(0, 2**31, 100_000) * rng.choice([-1, 1], 100_000)
+    s = rng.integers(33, 63, 100_000)
+    assert np.array_equal(apply_scale(np.sign(m) * v, np.abs(m), s), apply_scale_high_word(v, m, s))
+    with pytest.raises(NfedgeError, match="shifts >= 33"):
+        apply_scale_high_word(1, 1, 32)
+
+
+def test_padding_and_narrowing_rules():
+    assert padded_reduction(288, "mve", 0) == 288  # already whole chunks
+    assert padded_reduction(9, "mve", 100) == 16 and padded_reduction(9, "mve", 6) == 9  # over-read needs the room
+    assert padded_reduction(9, "mve", None) == 16  # constants are padded with zeros
+    assert padded_reduction(9, "dsp", 3) == 12 and padded_reduction(9, None, 100) == 9
+    assert narrow_accumulator(576, 2**31 - 1 - 576 * 2**14) and not narrow_accumulator(576, 2**31 - 576 * 2**14)
+
+
+def test_isa_from_the_target():
+    import tvm
+
+    assert isa_of_target(tvm.target.Target(M55)) == "mve"
+    assert isa_of_target(tvm.target.Target(M4)) == "dsp"
+    assert isa_of_target(tvm.target.Target("llvm")) is None
+
+
+def _disassembly(target_dict, mattr_m55: bool) -> str:
+    import tvm
+
+    target = tvm.target.Target(target_dict)
+    rng = np.random.default_rng(1)
+    mod = _conv_module(16, 32, 8, 144, rng.integers(-99, 99, 32), rng.integers(2**30, 2**31, 32),
+                       rng.integers(33, 40, 32), True)
+    lowered = lower_relax(mod, target, "inline")
+    funcs = {gv.name_hint: f for gv, f in lowered.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+    assert all(f.attrs.get("tirx.is_scheduled") for n, f in funcs.items() if n.startswith("nf_conv"))
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        rt = tvm.tirx.build(tvm.IRModule({tvm.ir.GlobalVar(n): f.with_attr("global_symbol", n)
+                                          for n, f in funcs.items()}), target=target)
+        rt.write_to_file(str(Path(d) / "k.o"))
+        args = ["arm-none-eabi-objdump", "-d"] + (["-m", "armv8.1-m.main"] if mattr_m55 else []) + [str(Path(d) / "k.o")]
+        return subprocess.run(args, capture_output=True, text=True, check=True).stdout
+
+
+def test_m55_kernel_uses_helium_dot_products():
+    asm = _disassembly(M55, True)
+    assert "vmlava.s8" in asm or "vmladava.s8" in asm, "no Helium int8 dot product in the M55 kernel"
+    assert "ldrsb" not in asm  # no scalar int8 multiply-accumulate left in the reduction
+
+
+def test_m4_kernel_uses_dsp_dual_macs():
+    asm = _disassembly(M4, False)
+    assert asm.count("smlad") >= 8 and "sxtb16" in asm, "no SMLAD/SXTB16 in the M4 kernel"
+
+
+def test_a_kernel_the_schedule_cannot_handle_is_an_error():
+    import tvm
+    from tvm import te
+
+    a = te.placeholder((4, 4), "int8", name="a")
+    b = te.compute((4, 4), lambda i, j: a[i, j] + 1, name="not_a_conv")
+    f = te.create_prim_func([a, b]).with_attr(KERNEL_ATTR, "conv2d_int8")
+    mod = tvm.IRModule({"nf_conv_broken": f})
+    with pytest.raises(NfedgeError, match="integer kernel schedule failed for nf_conv_broken"):
+        schedule_int8_kernels(mod, tvm.target.Target(M55))
