@@ -17,14 +17,24 @@ from typing import Any
 
 import numpy as np
 
-from nfedge.deploy.int8_kernels import KERNEL_ATTR, constant_weights, conv2d_int8, narrow_accumulator, padded_reduction
+from nfedge.deploy.int8_kernels import (
+    IM2COL_KERNEL,
+    KERNEL_ATTR,
+    NHWC_KERNEL,
+    constant_weights,
+    conv2d_int8,
+    conv2d_int8_nhwc,
+    narrow_accumulator,
+    nhwc_weights,
+    padded_reduction,
+)
 from nfedge.errors import NfedgeError
 from nfedge.integer.program import INPUT, Op, Program
 from nfedge.integer.reference import front_factors
 from nfedge.integer.scheme import HIGH_WORD_MIN_SHIFT, INT8_MAX, INT8_MIN, INT32_MIN
 from nfedge.sram.image import WeightImage
 
-__all__ = ["integer_relax_graphs"]
+__all__ = ["integer_relax_graphs", "runs_nhwc"]
 
 
 def _const(v, dtype: str):
@@ -65,11 +75,19 @@ def _weight(bb, prog: Program, op: Op, image_var, entries: dict[str, Any]):
     return bb.emit(relax.op.reshape(w, t.shape))
 
 
-def _emit_conv_kernel(bb, prog: Program, op: Op, x, image_var, entries, isa: str | None, total_bytes: int):
-    """A conv layer as nfedge's own kernel (nfedge.deploy.int8_kernels): im2col + int8 dot products + rescale."""
+def _emit_conv_kernel(bb, prog: Program, op: Op, x, image_var, entries, isa: str | None, total_bytes: int,
+                      nhwc: bool = False):
+    """A conv layer as one of nfedge's own kernels (nfedge.deploy.int8_kernels): im2col + int8 dot products +
+    rescale, or with `nhwc` (constant weights only) the direct NHWC form."""
     p = op.params
     key = prog.weight_key(op)
-    if prog.weights_from_image:
+    if nhwc:
+        codes = np.asarray(prog.constants[key])
+        o, shape, offset = int(codes.shape[0]), codes.shape, 0
+        wk = nhwc_weights(codes, isa)
+        kp = int(wk.shape[1] * wk.shape[2])
+        w = _const(wk, "int8")
+    elif prog.weights_from_image:
         t = entries[key]
         o, shape, offset = int(t.shape[0]), tuple(int(v) for v in t.shape), int(t.offset)
         k_terms = int(np.prod(shape[1:]))
@@ -96,16 +114,57 @@ def _emit_conv_kernel(bb, prog: Program, op: Op, x, image_var, entries, isa: str
     else:
         rounding, shift_arg = _const(np.left_shift(np.int64(1), shift - 1), "int64"), _const(shift, "int64")
     args = [x, w, _const(bias.astype(np.int32), "int32"), _const(mult.astype(np.int32), "int32"), rounding, shift_arg]
-    return bb.emit_te(conv2d_int8, *args, *([lut] if lut is not None else []), w_offset=offset, out_channels=o,
-                      kernel=int(shape[2]), stride=int(op.attrs["stride"]), padding=int(op.attrs["padding"]), kp=kp,
-                      lo=int(p["lo"]), hi=int(p["hi"]), out_dtype="int32" if final else "int8",
-                      bias_bound=int(np.abs(bias).max(initial=0)), high_word=high_word,
-                      primfunc_name_hint=f"nf_conv_{op.output}".replace(".", "_"))
+    common = dict(out_channels=o, kernel=int(shape[2]), stride=int(op.attrs["stride"]),
+                  padding=int(op.attrs["padding"]), lo=int(p["lo"]), hi=int(p["hi"]),
+                  out_dtype="int32" if final else "int8", bias_bound=int(np.abs(bias).max(initial=0)),
+                  high_word=high_word)
+    name = op.output.replace(".", "_")
+    if nhwc:
+        return bb.emit_te(conv2d_int8_nhwc, *args, *([lut] if lut is not None else []), **common,
+                          primfunc_name_hint=f"{_NHWC_PREFIX}{name}")
+    return bb.emit_te(conv2d_int8, *args, *([lut] if lut is not None else []), w_offset=offset, kp=kp, **common,
+                      primfunc_name_hint=f"{_IM2COL_PREFIX}{name}")
+
+
+_IM2COL_PREFIX, _NHWC_PREFIX = "nf_conv_", "nf_convh_"  # PrimFunc names of the two kernel forms
+_NHWC_KINDS = ("conv", "maxpool", "upsample", "concat")  # a generator of only these runs in NHWC
+
+
+def runs_nhwc(prog: Program) -> bool:
+    """A generator (constant weights) made only of non-transposed convs, max pooling, upsampling and concats
+    runs its layers in NHWC with the direct kernel (the reference stays NCHW: the same integers)."""
+    return (not prog.weights_from_image and all(op.kind in _NHWC_KINDS for op in prog.ops)
+            and not any(op.attrs.get("transposed") for op in prog.ops))
+
+
+def _emit_nhwc(bb, prog: Program, x, isa: str | None):
+    """A `runs_nhwc` program on NCHW int8 x, its layers in NHWC; the output back in NCHW."""
+    from tvm import relax
+
+    t = {INPUT: bb.emit(relax.op.permute_dims(x, [0, 2, 3, 1]))}
+    for op in prog.ops:
+        a = [t[i] for i in op.inputs]
+        if op.kind == "conv":
+            y = _emit_conv_kernel(bb, prog, op, a[0], None, {}, isa, 0, nhwc=True)
+        elif op.kind == "maxpool":
+            k = op.attrs["kernel"]
+            y = bb.emit(relax.op.nn.max_pool2d(a[0], pool_size=k, strides=k, layout="NHWC"))
+        elif op.kind == "upsample":
+            f = op.attrs["factor"]
+            y = bb.emit(relax.op.repeat(relax.op.repeat(a[0], f, axis=1), f, axis=2))
+        else:  # concat
+            parts = [_rescale(bb, v, sg, m, sh, INT8_MIN, INT8_MAX, "int8", None)
+                     for v, (sg, m, sh) in zip(a, op.params["mults"])]
+            y = bb.emit(relax.op.concat(parts, axis=3))
+        t[op.output] = y
+    return bb.emit(relax.op.permute_dims(t[prog.output], [0, 3, 1, 2]))
 
 
 def _emit_program(bb, prog: Program, x, image_var, entries, isa: str | None = None, total_bytes: int = 0):
     from tvm import relax
 
+    if runs_nhwc(prog):
+        return _emit_nhwc(bb, prog, x, isa)
     t = {INPUT: x}
     for op in prog.ops:
         a = [t[i] for i in op.inputs]
@@ -196,6 +255,7 @@ def _mark_kernels(mod):
     import tvm
 
     for gv, f in list(mod.functions.items()):
-        if isinstance(f, tvm.tirx.PrimFunc) and gv.name_hint.startswith("nf_conv_"):
-            mod[gv] = f.with_attr(KERNEL_ATTR, "conv2d_int8").with_attr("op_pattern", 8)
+        if isinstance(f, tvm.tirx.PrimFunc) and gv.name_hint.startswith((_IM2COL_PREFIX, _NHWC_PREFIX)):
+            form = NHWC_KERNEL if gv.name_hint.startswith(_NHWC_PREFIX) else IM2COL_KERNEL
+            mod[gv] = f.with_attr(KERNEL_ATTR, form).with_attr("op_pattern", 8)
     return mod

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from nfedge.deploy.export import ImageWeightedModel, NeuralFuseFront, image_tensor
-from nfedge.deploy.int8_kernels import schedule_int8_kernels
+from nfedge.deploy.int8_schedule import schedule_int8_kernels
 from nfedge.errors import NfedgeError
 from nfedge.sram.image import WeightImage
 

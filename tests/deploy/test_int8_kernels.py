@@ -15,8 +15,8 @@ from nfedge.deploy.int8_kernels import (
     isa_of_target,
     narrow_accumulator,
     padded_reduction,
-    schedule_int8_kernels,
 )
+from nfedge.deploy.int8_schedule import schedule_int8_kernels
 from nfedge.deploy.lower import lower_relax
 from nfedge.errors import NfedgeError
 from nfedge.integer.scheme import HIGH_WORD_MIN_SHIFT, apply_scale, apply_scale_high_word, saturate
