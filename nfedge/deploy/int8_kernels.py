@@ -67,7 +67,7 @@ def padded_reduction(k: int, isa: str | None, room: int | None) -> int:
 
 def conv2d_int8(x, w, bias, mult, rounding, shift, lut=None, *, w_offset: int, out_channels: int, kernel: int,
                 stride: int, padding: int, kp: int, lo: int, hi: int, out_dtype: str, bias_bound: int,
-                high_word: bool):
+                high_word: bool, pairs16: bool = False):
     """The TE compute of one integer conv layer (see the module doc). x: int8 [N, C, H, W]; w: the flat int8
     image (w_offset = the tensor's byte offset) or a constant int8 [O, Kp]; per output channel: bias and
     mult (sign*M) int32, rounding and shift (see high_word); lut: int8 [256] (tanh) or None;
@@ -93,20 +93,23 @@ def conv2d_int8(x, w, bias, mult, rounding, shift, lut=None, *, w_offset: int, o
         return tirx.if_then_else(inside, x[n, tirx.min(c, c_ - 1), hh, ww], tirx.const(0, "int8"))
 
     col = te.compute((n_, oh_, ow_, kc), col_value, name="nf_col", attrs={"nf_kernel": kernel})
-    r = te.reduce_axis((0, kp), name="k")
 
     def weight(o, k):
         return w[w_offset + o * k_terms + k] if flat else w[o, k]
 
-    # the bias is added in int32 where acc + bias cannot overflow (|acc| <= Kp * 2^14 with any codes): the
-    # epilogue then multiplies two int32 (one SMULL), adds the rounding constant, shifts and clamps, the
-    # reference's int64 formula; the bias is added in int64 otherwise
-    narrow = narrow_accumulator(kp, bias_bound)
-    if high_word and not narrow:
-        raise NfedgeError("integer kernel: the 32-bit epilogue needs acc + bias within int32")
-    acc = te.compute((n_, out_channels, oh_, ow_),
-                     lambda n, o, oh, ow: te.sum(col[n, oh, ow, r].astype("int32") * weight(o, r).astype("int32"),
-                                                 axis=r), name="nf_acc")
+    if pairs16 and kp % 4 == 0:
+        # the DSP form (CMSIS-NN's): col widened once to int16, each group of 4 stored as (0, 2, 1, 3), so that
+        # one word of it is the int16 pair SMLAD multiplies with SXTB16's (0, 2) or (1, 3) bytes of 4 codes
+        col16 = te.compute((n_, oh_, ow_, kp // 4, 4), lambda n, oh, ow, q, j: col[n, oh, ow, 4 * q + PAIR_ORDER(j)]
+                           .astype("int16"), name="nf_col16")
+        rq, rj = te.reduce_axis((0, kp // 4), name="q"), te.reduce_axis((0, 4), name="j")
+        acc = te.compute((n_, out_channels, oh_, ow_), lambda n, o, oh, ow: te.sum(
+            col16[n, oh, ow, rq, rj].astype("int32") * weight(o, 4 * rq + PAIR_ORDER(rj)).astype("int32"),
+            axis=[rq, rj]), name="nf_acc")
+    else:
+        r = te.reduce_axis((0, kp), name="k")
+        acc = te.compute((n_, out_channels, oh_, ow_), lambda n, o, oh, ow: te.sum(
+            col[n, oh, ow, r].astype("int32") * weight(o, r).astype("int32"), axis=r), name="nf_acc")
     return _requantized(acc, 1, bias, mult, rounding, shift, lut, kp=kp, lo=lo, hi=hi, out_dtype=out_dtype,
                         bias_bound=bias_bound, high_word=high_word)
 
@@ -172,6 +175,11 @@ def _requantized(acc, axis: int, bias, mult, rounding, shift, lut, *, kp: int, l
         return finish(tirx.max(tirx.min(v, tirx.const(hi, "int64")), tirx.const(lo, "int64")))
 
     return te.compute(acc.shape, epilogue, name="nf_out")
+
+
+def PAIR_ORDER(j):  # noqa: N802 - a fixed permutation, named like the constant it is
+    """(0, 1, 2, 3) -> (0, 2, 1, 3): the order of 4 codes as SXTB16 splits them into two int16 pairs."""
+    return (j % 2) * 2 + j // 2
 
 
 def narrow_accumulator(kp: int, bias_bound: int) -> bool:

@@ -86,13 +86,59 @@ def _dsp_impl():
     return impl
 
 
+def _dsp16_desc():
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "int16", offset_factor=1)
+        B = T.match_buffer(b, (4,), "int8", offset_factor=1)
+        C = T.match_buffer(c, (1,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:1], A[0:4], B[0:4])
+            T.writes(C[0:1])
+            for j in T.serial(4):
+                with T.sblock("update"):
+                    vj = T.axis.remap("R", [j])
+                    C[0] = C[0] + T.cast(A[vj], "int32") * T.cast(B[vj % 2 * 2 + vj // 2], "int32")
+
+    return desc
+
+
+def _dsp16_impl():
+    """C += A[0]B[0] + A[1]B[2] + A[2]B[1] + A[3]B[3]: A's two words are int16 pairs as they are (the im2col row
+    is stored in PAIR_ORDER), SXTB16 splits B's word into bytes (0, 2) and, rotated by 8, (1, 3); two SMLAD."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "int16", offset_factor=1)
+        B = T.match_buffer(b, (4,), "int8", offset_factor=1)
+        C = T.match_buffer(c, (1,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:1], A[0:4], B[0:4])
+            T.writes(C[0:1])
+            a0 = T.reinterpret("int32", A.vload([0], "int16x2"))
+            a1 = T.reinterpret("int32", A.vload([2], "int16x2"))
+            wb = T.reinterpret("int32", B.vload([0], "int8x4"))
+            rb = T.call_llvm_pure_intrin("int32", "llvm.fshr.i32", wb, wb, T.int32(8))
+            even = T.call_llvm_pure_intrin("int32", "llvm.arm.smlad", a0,
+                                           T.call_llvm_pure_intrin("int32", "llvm.arm.sxtb16", wb), C[0])
+            C[0] = T.call_llvm_pure_intrin("int32", "llvm.arm.smlad", a1,
+                                           T.call_llvm_pure_intrin("int32", "llvm.arm.sxtb16", rb), even)
+
+    return impl
+
+
 def _intrin(isa: str) -> str:
     """The registered TensorIntrin's name (registered once per process: TVM's registry is global)."""
     from tvm.s_tir import TensorIntrin
 
     name = f"nfedge_dot_i8i8i32_{isa}"
     if TensorIntrin.get(name, allow_missing=True) is None:
-        TensorIntrin.register(name, _dot_desc(chunk_of(isa)), _mve_impl() if isa == "mve" else _dsp_impl())
+        desc, impl = {"mve": (_dot_desc(16), _mve_impl()), "dsp": (_dot_desc(4), _dsp_impl()),
+                      "dsp16": (_dsp16_desc(), _dsp16_impl())}[isa]
+        TensorIntrin.register(name, desc, impl)
     return name
 
 
@@ -146,19 +192,30 @@ def _schedule_im2col(func, isa: str | None):
 
     sch = s_tir.Schedule(func)
     acc, col = sch.get_sblock("nf_acc"), sch.get_sblock("nf_col")
-    n, o, oh, ow, k = sch.get_loops(acc)
+    blocks = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
+    pairs16 = "nf_col16" in blocks  # the DSP form: reduction (q, j) over int16 pairs
+    loops = sch.get_loops(acc)
+    n, o, oh, ow = loops[:4]
     to, tw = _tile(isa, int(sch.get(o).extent), int(sch.get(ow).extent))
-    kp = int(sch.get(k).extent)
-    chunk = chunk_of(isa)
-    tensorize = isa is not None and kp % chunk == 0
+    if pairs16:
+        ko, ki = loops[4], loops[5]
+        kp = 4 * int(sch.get(ko).extent)
+        tensorize, intrin = True, "dsp16"
+    else:
+        k = loops[4]
+        kp = int(sch.get(k).extent)
+        tensorize, intrin = isa is not None and kp % chunk_of(isa) == 0, isa
     oo, oi = sch.split(o, [None, to])
     wo, wi = sch.split(ow, [None, tw])
-    ko, ki = sch.split(k, [None, chunk]) if tensorize else (k, None)
+    if not pairs16:
+        ko, ki = sch.split(k, [None, chunk_of(isa)]) if tensorize else (k, None)
     sch.reorder(oh, oo, wo, ko, oi, wi, *([ki] if ki is not None else []))
     kernel = int(sch.get(col).annotations["nf_kernel"])
     kk = kernel * kernel
     sch.transform_block_layout(col, lambda n_, oh_, ow_, k_: (n_, oh_, ow_, k_ // kk, k_ % kk // kernel, k_ % kernel))
     if kp % kk == 0:  # one output row's windows, right before the row (TVM's region inference is exact here)
+        if pairs16:
+            sch.compute_at(sch.get_sblock("nf_col16"), oh, preserve_unit_loops=True)
         sch.compute_at(col, oh, preserve_unit_loops=True)
     # else the whole layer's windows first (OH x OW x kc bytes): compute_at would infer a partial kw range
     _epilogue_at(sch, wo)
@@ -168,7 +225,7 @@ def _schedule_im2col(func, isa: str | None):
     sch.unroll(oi)
     sch.unroll(wi)
     if tensorize:
-        sch.tensorize(ki, _intrin(isa))
+        sch.tensorize(ki, _intrin(intrin))
     return sch.mod["main"]
 
 

@@ -122,7 +122,8 @@ def _emit_conv_kernel(bb, prog: Program, op: Op, x, image_var, entries, isa: str
     if nhwc:
         return bb.emit_te(conv2d_int8_nhwc, *args, *([lut] if lut is not None else []), **common,
                           primfunc_name_hint=f"{_NHWC_PREFIX}{name}")
-    return bb.emit_te(conv2d_int8, *args, *([lut] if lut is not None else []), w_offset=offset, kp=kp, **common,
+    return bb.emit_te(conv2d_int8, *args, *([lut] if lut is not None else []), w_offset=offset, kp=kp,
+                      pairs16=isa == "dsp", **common,
                       primfunc_name_hint=f"{_IM2COL_PREFIX}{name}")
 
 
