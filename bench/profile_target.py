@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import nfedge.deploy.harness as harness
+from nfedge.deploy import harness
 from nfedge.deploy.build import BuildConfig, build_for_target
 from nfedge.integer.calibrate import INPUT_SCALE, calibrate_programs
 from nfedge.integer.scheme import quantize_to_int8

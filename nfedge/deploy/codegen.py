@@ -157,18 +157,23 @@ def plan_program(mod, name: str, prefix: str) -> Program:
 
 
 def _alloc_bound(prim) -> int:
-    """Upper bound of a PrimFunc's scratch memory: all its root-level buffers alive at once (TVM puts
-    large ones in the workspace, small ones on the stack; the firmware checks the pool at run time)."""
-    total = 0
+    """Upper bound of a PrimFunc's scratch memory: its buffers as TVM will allocate them (compacted to the
+    region each loop nest uses: an im2col row, not the whole layer) all alive at once, plus each one's pool
+    header and alignment. TVM puts large ones in the workspace, small ones on the stack; the firmware checks
+    the pool at run time."""
+    import tvm
+    from tvm import s_tir
+
     block = getattr(prim.body, "block", None)
-    for buf in getattr(block, "alloc_buffers", []) or []:
-        try:
-            n = int(np.prod([int(d) for d in buf.shape], dtype=np.int64))
-            nbytes = n * np.dtype(str(buf.dtype)).itemsize
-        except (TypeError, ValueError):
-            continue
-        total += 32 + -(-nbytes // ALIGN) * ALIGN
-    return total
+    count = len(getattr(block, "alloc_buffers", []) or [])
+    if not count:
+        return 0
+    compact = tvm.transform.Sequential([
+        s_tir.transform.LowerInitBlock(), s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
+        s_tir.transform.ConvertBlocksToOpaque(), s_tir.transform.CompactBufferAllocation(),
+        s_tir.transform.LowerOpaqueBlock()])(tvm.IRModule({"main": prim}))
+    sizes = s_tir.analysis.calculate_allocated_bytes(compact["main"])["main"]
+    return int(sum(int(v) for v in sizes.values())) + count * (32 + ALIGN)
 
 
 def _dl_dtype(dtype: str) -> tuple[int, int]:

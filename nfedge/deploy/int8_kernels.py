@@ -177,7 +177,7 @@ def _requantized(acc, axis: int, bias, mult, rounding, shift, lut, *, kp: int, l
     return te.compute(acc.shape, epilogue, name="nf_out")
 
 
-def PAIR_ORDER(j):  # noqa: N802 - a fixed permutation, named like the constant it is
+def PAIR_ORDER(j):  # a fixed permutation, named like the constant it is
     """(0, 1, 2, 3) -> (0, 2, 1, 3): the order of 4 codes as SXTB16 splits them into two int16 pairs."""
     return (j % 2) * 2 + j // 2
 

@@ -155,7 +155,7 @@ def schedule_int8_kernels(mod, target):
             try:
                 schedule = _schedule_nhwc if str(func.attrs[KERNEL_ATTR]) == NHWC_KERNEL else _schedule_im2col
                 mod[gv] = schedule(func, isa).with_attr("tirx.is_scheduled", True)
-            except Exception as e:  # noqa: BLE001 - TVM raises its own types; the function name is what helps
+            except Exception as e:  # TVM raises its own types; the function name is what helps
                 raise NfedgeError(f"integer kernel schedule failed for {gv.name_hint} ({isa or 'generic'}): "
                                   f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e) else ''}"
                                   ) from e
@@ -195,7 +195,7 @@ def _schedule_im2col(func, isa: str | None):
     blocks = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
     pairs16 = "nf_col16" in blocks  # the DSP form: reduction (q, j) over int16 pairs
     loops = sch.get_loops(acc)
-    n, o, oh, ow = loops[:4]
+    _, o, oh, ow = loops[:4]
     to, tw = _tile(isa, int(sch.get(o).extent), int(sch.get(ow).extent))
     if pairs16:
         ko, ki = loops[4], loops[5]
@@ -234,7 +234,7 @@ def _schedule_nhwc(func, isa: str | None):
 
     sch = s_tir.Schedule(func)
     acc = sch.get_sblock("nf_acc")
-    n, oh, ow, o, kh, j = sch.get_loops(acc)
+    _, oh, ow, o, kh, j = sch.get_loops(acc)
     to, tw = _tile(isa, int(sch.get(o).extent), int(sch.get(ow).extent))
     chunk = chunk_of(isa)
     tensorize = isa is not None and int(sch.get(j).extent) % chunk == 0

@@ -114,10 +114,10 @@ def _emit_conv_kernel(bb, prog: Program, op: Op, x, image_var, entries, isa: str
     else:
         rounding, shift_arg = _const(np.left_shift(np.int64(1), shift - 1), "int64"), _const(shift, "int64")
     args = [x, w, _const(bias.astype(np.int32), "int32"), _const(mult.astype(np.int32), "int32"), rounding, shift_arg]
-    common = dict(out_channels=o, kernel=int(shape[2]), stride=int(op.attrs["stride"]),
-                  padding=int(op.attrs["padding"]), lo=int(p["lo"]), hi=int(p["hi"]),
-                  out_dtype="int32" if final else "int8", bias_bound=int(np.abs(bias).max(initial=0)),
-                  high_word=high_word)
+    common = {"out_channels": o, "kernel": int(shape[2]), "stride": int(op.attrs["stride"]),
+              "padding": int(op.attrs["padding"]), "lo": int(p["lo"]), "hi": int(p["hi"]),
+              "out_dtype": "int32" if final else "int8", "bias_bound": int(np.abs(bias).max(initial=0)),
+              "high_word": high_word}
     name = op.output.replace(".", "_")
     if nhwc:
         return bb.emit_te(conv2d_int8_nhwc, *args, *([lut] if lut is not None else []), **common,
