@@ -1,6 +1,9 @@
 """`nfedge run`: the whole chain on one config, every stage cached by the hash of what it depends on.
 
-    train-base -> quantize -> train generators (EOPM) -> evaluate (host) -> build -> faultrun -> report
+    train-base -> quantize -> train generators (EOPM) -> plan -> evaluate (host) -> build -> faultrun -> report
+
+The plan stage (nfedge.analysis.plan, docs/PLANNER.md) answers the first question a user asks, and the report leads
+with it: at the accuracy floor, on nearly every chip, how low can the weight SRAM go and what does each option save.
 
 Each stage writes into <out>/<stage>-<hash>/ and marks completion with DONE.json (written last,
 atomically); a stage whose DONE.json exists is skipped, so a re-run reuses everything and an
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from nfedge import stages
+from nfedge.analysis.plan import PlanConfig
 from nfedge.config import StageConfig, require
 from nfedge.data.datasets import content_digest
 from nfedge.deploy.targets import load_target
@@ -35,12 +39,40 @@ TABLE_VOLTAGES = (1.0, 0.958, 0.917, 0.875, 0.833, 0.792)  # nominal down to ~5%
 
 
 @dataclasses.dataclass(frozen=True)
+class RunPlanConfig(StageConfig):
+    """The plan stage: `nfedge plan` on the run's base model, its image and every generator (docs/PLANNER.md)."""
+
+    enabled: bool = True
+    floor_drop: float = 2.0  # the floor: the base model's clean accuracy minus this many points
+    quantile: float = 0.05  # the chip quantile that must meet it (0.05 of 20 chips: the worst)
+    chips: int = 20  # search chips 0..chips-1
+    confirm_chips: int = 20  # fresh chips re-measured at each voltage found
+    # Test images (a seeded subset; None: the whole set), sized for the main job's 20 minutes on 2 cores
+    # (README: the plan stage's measured time).
+    test_limit: int | None = 1000
+    curve_step: float = 0.01  # the plot's voltage grid (V/Vmin)
+    ecc: bool = True  # plan the base model behind SECDED (72,64) too
+
+    def validate(self) -> None:
+        require(self.test_limit is None or (isinstance(self.test_limit, int) and self.test_limit >= 1),
+                f"plan.test_limit must be a number of test images >= 1 or null, got {self.test_limit!r}")
+        self.planner()  # PlanConfig's checks (chips >= 5, quantile in (0, 1), ...)
+
+    def planner(self, base: str = "cnn-s", classes: int = 10, fault: str = "flip",
+                calibration: str = DEFAULT_CALIBRATION) -> PlanConfig:
+        return PlanConfig(base=base, classes=classes, floor_drop=self.floor_drop, quantile=self.quantile,
+                          chips=self.chips, confirm_chips=self.confirm_chips, fault=fault, calibration=calibration,
+                          ecc=self.ecc, curve=True, curve_step=self.curve_step)
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig(StageConfig):
     base: TrainBaseConfig = TrainBaseConfig(epochs=3)
     bits: int = 8
     generators: tuple[str, ...] = ("ConvT", "UNetT", "UIP")
     # Sized for the README's first command (< 30 min on 2 cores): 400 EOPM steps per generator.
     eopm: EOPMConfig = EOPMConfig(generator="ConvT", epochs=1, max_steps=400, ber=0.01, n_perturbed=5, batch_size=64)
+    plan: RunPlanConfig = RunPlanConfig()
     voltages: tuple[float, ...] = TABLE_VOLTAGES  # host sweep and target sweep (V/Vmin)
     chips: int = 10  # host evaluation chips
     fault: str = "flip"
@@ -65,6 +97,10 @@ class RunConfig(StageConfig):
         require(len(self.target_modes) >= 1 and all(m in MODES for m in self.target_modes)
                 and len(set(self.target_modes)) == len(self.target_modes),
                 f"target_modes must be distinct modes out of integer, weight-only, got {self.target_modes!r}")
+        if self.plan.enabled:
+            require(self.fault in ("flip", "stuck-at"), f"the plan stage takes fault flip or stuck-at, got {self.fault!r} "
+                                                        "(or set plan.enabled false)")
+            self.plan.planner(fault=self.fault, calibration=self.calibration)  # this run's table: its range
         cal = load_calibration(self.calibration)  # fail now, not after training, on a bad table or voltage
         for v in self.voltages + (self.target_voltages if self.target != "none" else ()):
             cal.ber_at(v)
@@ -142,6 +178,11 @@ def run_pipeline(cfg: RunConfig, out_dir: str | Path, progress: Progress = DEFAU
         gen_dirs[g] = run_stage(root, f"gen-{g}", key,
                                 lambda d, g=g: stages.train_generator_stage(cfg, g, base_dir, image_dir, d, progress),
                                 progress, log)
+    plan_dir = None
+    if cfg.plan.enabled:
+        plan_key = _digest(image_key, {g: d.name for g, d in gen_dirs.items()}, cfg.plan.to_dict(), cfg.fault, *table)
+        plan_dir = run_stage(root, "plan", plan_key,
+                             lambda d: stages.plan_stage(cfg, base_dir, image_dir, gen_dirs, d, progress), progress, log)
     eval_key = _digest(image_key, {g: d.name for g, d in gen_dirs.items()}, cfg.voltages, cfg.chips, cfg.fault, cfg.eval_limit,
                        *table)
     eval_dir = run_stage(root, "evaluate", eval_key,
@@ -157,7 +198,7 @@ def run_pipeline(cfg: RunConfig, out_dir: str | Path, progress: Progress = DEFAU
         fr_key = _digest(build_key, cfg.target_voltages, cfg.target_chips, cfg.target_samples, cfg.fault, *table)
         target_dirs.append(run_stage(root, f"faultrun-{mode}", fr_key,
                                      lambda d, b=build_dir: stages.faultrun_stage(cfg, b, d, progress), progress, log))
-    report_dir = stages.report_stage(cfg, root, base_dir, image_dir, gen_dirs, eval_dir, target_dirs)
+    report_dir = stages.report_stage(cfg, root, base_dir, image_dir, gen_dirs, eval_dir, target_dirs, plan_dir)
     summary = json.loads((report_dir / "summary.json").read_text())
     return {"stages": [dataclasses.asdict(s) | {"path": str(s.path)} for s in log], "summary": summary,
             "report": str(report_dir / "REPORT.md")}

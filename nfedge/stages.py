@@ -11,12 +11,14 @@ import torch
 
 from nfedge.analysis.energy import EnergyConfig, estimate_energy
 from nfedge.analysis.evaluate import EvaluateConfig, evaluate
+from nfedge.analysis.plan import plan_markdown, plan_operating_points
+from nfedge.analysis.plan_plot import write_plot
 from nfedge.analysis.report import write_report
 from nfedge.data import load_dataset
 from nfedge.deploy.build import BuildConfig
 from nfedge.deploy.faultrun import FaultrunConfig, build_bundle, faultrun
 from nfedge.errors import NfedgeError
-from nfedge.fileio import atomic_write_json, sha256_file
+from nfedge.fileio import atomic_write_json, atomic_write_text, sha256_file
 from nfedge.progress import Progress
 from nfedge.sram.calibration import DEFAULT_CALIBRATION
 from nfedge.sram.image import QuantizeConfig, quantize_to_image, read_image, write_image
@@ -63,6 +65,28 @@ def test_tensors(cfg, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     return test.tensors
 
 
+def _energy_base(cfg, base_dir: Path) -> str:
+    """What `nfedge energy --base` counts: the registered model, or a user's model by its checkpoint."""
+    return str(base_dir / "base.pt") if cfg.base_checkpoint else cfg.base.model
+
+
+def plan_stage(cfg, base_dir: Path, image_dir: Path, gen_dirs: dict[str, Path], d: Path, progress: Progress) -> dict[str, Any]:
+    """`nfedge plan` for the run: plan.json, plan.md (the Markdown table) and plan.png (ES against the floor)."""
+    model, meta = load_checkpoint(base_dir / "base.pt")
+    image = read_image(image_dir / "image")
+    gens = {g: (g, load_generator(p / "generator.pt")[0]) for g, p in gen_dirs.items()}
+    pcfg = cfg.plan.planner(base=_energy_base(cfg, base_dir), classes=int(meta["num_classes"]), fault=cfg.fault,
+                            calibration=cfg.calibration)
+    r = plan_operating_points(model, image, test_tensors(cfg, cfg.plan.test_limit), pcfg, generators=gens,
+                              progress=progress)
+    r["inputs"] = {"base": str(base_dir / "base.pt"), "image": str(image_dir / "image"),
+                   "generators": {g: str(p / "generator.pt") for g, p in gen_dirs.items()}}
+    atomic_write_json(d / "plan.json", r)
+    atomic_write_text(d / "plan.md", plan_markdown(r) + "\n")
+    write_plot(r, d / "plan.png")
+    return {"winner": r["winner"], "floor": r["floor"], "samples": r["samples"]}
+
+
 def evaluate_stage(cfg, base_dir: Path, image_dir: Path, gen_dirs: dict[str, Path], d: Path,
                    progress: Progress) -> dict[str, Any]:
     model, _ = load_checkpoint(base_dir / "base.pt")
@@ -72,7 +96,7 @@ def evaluate_stage(cfg, base_dir: Path, image_dir: Path, gen_dirs: dict[str, Pat
     result = evaluate(model, image, test_tensors(cfg, cfg.eval_limit), ecfg, generators=gens, progress=progress)
     _, _, info = load_dataset(dataclasses.replace(cfg.base.data, train_limit=1, test_limit=1))
     shape = f"{info.channels}x{info.image_size[0]}x{info.image_size[1]}"
-    base = str(base_dir / "base.pt") if cfg.base_checkpoint else cfg.base.model  # a user's model: by checkpoint
+    base = _energy_base(cfg, base_dir)
     # The report takes the accesses and MACs and derives ES at its own voltage: any voltage inside the table will do.
     at = 0.833 if cfg.calibration == DEFAULT_CALIBRATION else min(cfg.voltages)
     result["energy"] = {g: estimate_energy(EnergyConfig(base=base, generator=g, input=shape, classes=info.num_classes,
@@ -82,10 +106,11 @@ def evaluate_stage(cfg, base_dir: Path, image_dir: Path, gen_dirs: dict[str, Pat
 
 
 def report_stage(cfg, root: Path, base_dir: Path, image_dir: Path, gen_dirs: dict[str, Path], eval_dir: Path,
-                 target_dirs: list[Path]) -> Path:
-    """Always rewritten (cheap): the report reflects exactly the stages of this run. The first on-target fault run
-    (cfg.target_modes[0]) fills the on-target tables; every mode's instructions are compared."""
+                 target_dirs: list[Path], plan_dir: Path | None = None) -> Path:
+    """Always rewritten (cheap): the report reflects exactly the stages of this run, the plan first. The first
+    on-target fault run (cfg.target_modes[0]) fills the on-target tables; every mode's instructions are compared."""
     host = json.loads((eval_dir / "evaluate.json").read_text())
+    plan = json.loads((plan_dir / "plan.json").read_text()) if plan_dir is not None else None
     runs = [json.loads((d / "faultrun.json").read_text()) for d in target_dirs]
     target = runs[0] if runs else None
     _, meta = load_checkpoint(base_dir / "base.pt")
@@ -96,7 +121,7 @@ def report_stage(cfg, root: Path, base_dir: Path, image_dir: Path, gen_dirs: dic
               f"EOPM at BER {cfg.eopm.ber} ({cfg.eopm.fault}), N = {cfg.eopm.n_perturbed}, lambda = {cfg.eopm.lam}, "
               f"{steps} of batch {cfg.eopm.batch_size}. On-target rows use their own {cfg.target_samples} test images, so "
               "they are compared with the host on those same images, not with the sweep above. Run config: `run.json`.")
-    return write_report(host, target, root / "report", header=header, more_targets=runs[1:])
+    return write_report(host, target, root / "report", header=header, more_targets=runs[1:], plan=plan)
 
 
 def build_stage(cfg, base_dir: Path, image_dir: Path, gen_dirs: dict[str, Path], d: Path, progress: Progress,

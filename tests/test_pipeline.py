@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.emulator]
 TOY = {"base": {"model": "cnn-xs", "epochs": 1, "data": {"train_limit": 1500, "test_limit": 300}},
        "generators": ["ConvT", "UIP"], "eopm": {"max_steps": 3, "n_perturbed": 2, "batch_size": 16}, "chips": 2,
        "voltages": [1.0, 0.875, 0.833], "eval_limit": 200, "target_voltages": [0.833], "target_chips": 1,
-       "target_samples": 4}
+       "target_samples": 4, "plan": {"chips": 5, "confirm_chips": 2, "test_limit": 100, "curve_step": 0.05}}
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nfedge.analysis.scoring import PrefixForward, scoring_copy
 from nfedge.config import require
 from nfedge.errors import NfedgeError
 from nfedge.integer import MODES
@@ -44,7 +45,8 @@ class EvaluateConfig(FaultSweep):
 @torch.no_grad()
 def transform_inputs(generator: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """F(x) for every input, in chunks of `batch_size` (G runs at nominal voltage: the same on every chip)."""
-    return torch.cat([neuralfuse_transform(generator, x[i: i + batch_size]) for i in range(0, len(x), batch_size)])
+    g = scoring_copy(generator)
+    return torch.cat([neuralfuse_transform(g, x[i: i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 @torch.no_grad()
@@ -73,11 +75,15 @@ class ImageScorer:
     """Accuracy (percent) of the base model reading one image, alone and behind each generator, in the
     configured arithmetic. Inputs are prepared once: F(x) does not depend on the chip (G runs at nominal
     voltage). Images are scored once per distinct content (sha256): at a high voltage most chips have no
-    faulty cell, and every one of them is the clean image."""
+    faulty cell, and every one of them is the clean image. Weight-only scoring runs scoring_copy(model) through a
+    PrefixForward whose reference is the first image scored (nfedge.analysis.scoring: the same logits, restarted
+    after the layers an image leaves unchanged)."""
 
     def __init__(self, model: nn.Module, test: tuple[torch.Tensor, torch.Tensor], generators: dict[str, nn.Module],
                  batch_size: int, programs: dict[str, Any] | None = None) -> None:
         self.model, self.batch_size, self.programs = model.eval(), batch_size, programs
+        self.fast = scoring_copy(model) if programs is None else None
+        self.forward: PrefixForward | None = None  # made at the first weight-only image (its tensor names)
         x, self.y = test
         for g in generators.values():
             g.eval()
@@ -91,11 +97,19 @@ class ImageScorer:
             self.inputs = {None: x_q, **{n: run_front(programs[n], x_q) for n in generators}}
         self._cache: dict[tuple[str, str | None], float] = {}
 
+    def __len__(self) -> int:
+        """How many (image content, inputs) pairs were scored: each one forward pass over the test set."""
+        return len(self._cache)
+
     def accuracy(self, image: WeightImage, name: str | None) -> float:
         key = (image.manifest.image_sha256, name)
         if key not in self._cache:
             if self.programs is None:
-                self._cache[key] = image_accuracy(self.model, image, self.inputs[name], self.y, self.batch_size)
+                if self.forward is None:
+                    self.forward = PrefixForward(self.fast, [t.name for t in image.manifest.tensors], self.batch_size)
+                with torch.no_grad():
+                    logits = self.forward.logits(image.dequantized_weights(), self.inputs[name], name)
+                self._cache[key] = 100.0 * float((logits.argmax(1) == self.y).float().mean())
             else:
                 base = self.programs["base"]
                 pred = torch.from_numpy(run_integer(base, self.inputs[name], image_codes(base, image)).argmax(1))

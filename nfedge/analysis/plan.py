@@ -1,7 +1,7 @@
 """`nfedge plan`: how low the weight SRAM can go while an accuracy floor holds on nearly every chip, and the net
 energy saving there: the base model alone (raise the voltage), behind SECDED ECC, and behind each generator.
 
-What is measured. A_o(v, c) is option o's host-simulated test accuracy (analysis.evaluate.image_accuracy, the
+What is measured. A_o(v, c) is option o's host-simulated test accuracy (analysis.evaluate.ImageScorer, the
 number `nfedge evaluate` reports) on chip c at voltage v, over the search chips 0..K-1. Q_o(v) is the k-th lowest
 of the K values, k = ceil(q K) (q = 0.05: the worst of 20 chips, the 5th worst of 100), and v meets the floor when
 Q_o(v) >= floor (default: the base model's clean accuracy CA minus 2 points).
@@ -38,7 +38,7 @@ from torch import nn
 
 from nfedge import __version__
 from nfedge.analysis.energy import EnergyConfig, energy_saving, estimate_energy, mac_energy_saving
-from nfedge.analysis.evaluate import image_accuracy, transform_inputs
+from nfedge.analysis.evaluate import ImageScorer
 from nfedge.config import StageConfig, require
 from nfedge.progress import DEFAULT, Progress
 from nfedge.sram.calibration import load_calibration
@@ -134,16 +134,18 @@ class _Option:
     label: str
     kind: str  # base | ecc | generator
     generator: str | None  # registered generator name (energy count)
-    x: torch.Tensor  # the inputs the base model sees: x, or F(x) behind the generator
+    inputs: str | None  # the scorer's inputs the base model sees: None for x, the label for F(x) behind the generator
     acc: dict[tuple[float, int], float] = dataclasses.field(default_factory=dict)  # (voltage, chip) -> %
     audits: dict[tuple[float, int], dict[str, Any]] = dataclasses.field(default_factory=dict)  # ECC only
 
 
 class _Simulator:
-    """Accuracies per (option, voltage, chip), each measured once; plain options share one faulty image."""
+    """Accuracies per (option, voltage, chip), each measured once. Scoring is evaluate's ImageScorer: plain options
+    share one faulty image per chip, and an image is scored once per distinct content, so at a high voltage the
+    chips without a faulty cell (and ECC images decoded back to the clean bytes) cost nothing."""
 
-    def __init__(self, model: nn.Module, image: WeightImage, y: torch.Tensor, cfg: PlanConfig, progress: Progress):
-        self.model, self.image, self.y, self.cfg = model, image, y, cfg
+    def __init__(self, score: ImageScorer, image: WeightImage, cfg: PlanConfig, progress: Progress):
+        self.score, self.image, self.cfg = score, image, cfg
         self.bar = progress.manual("plan", unit="chip")
 
     def measure(self, options: list[_Option], v: float, chips: list[int]) -> None:
@@ -158,11 +160,11 @@ class _Simulator:
             if plain:
                 faulty, _ = inject_faults(self.image, icfg)
                 for o in plain:
-                    o.acc[(v, chip)] = image_accuracy(self.model, faulty, o.x, self.y, cfg.batch_size)
+                    o.acc[(v, chip)] = self.score.accuracy(faulty, o.inputs)
             for o in need:
                 if o.kind == "ecc":
                     decoded, audit = inject_ecc_faults(self.image, icfg, cfg.ecc_uncorrectable)
-                    o.acc[(v, chip)] = image_accuracy(self.model, decoded, o.x, self.y, cfg.batch_size)
+                    o.acc[(v, chip)] = self.score.accuracy(decoded, o.inputs)
                     o.audits[(v, chip)] = audit.to_dict()
             self.bar.update(1)
 
@@ -170,12 +172,30 @@ class _Simulator:
         self.measure([o], v, chips)
         return chip_quantile([o.acc[(v, c)] for c in chips], self.cfg.quantile)
 
+    def meets(self, o: _Option, v: float, chips: list[int], floor: float) -> bool:
+        """quantile(o, v, chips) >= floor, measuring only the chips that decide it: the k-th lowest of K values
+        misses the floor iff k of them do, so measuring stops at the k-th chip below the floor. The chips worst at
+        the nearest voltage measured above go first (faults nest: they are the likeliest to miss). A voltage that
+        meets the floor has every chip measured."""
+        def prior(c: int) -> float:  # the chip's accuracy at the nearest voltage above v where it was measured
+            us = [u for u, cc in o.acc if cc == c and u > v]
+            return o.acc[(min(us), c)] if us else math.inf
+
+        k = quantile_rank(self.cfg.quantile, len(chips))
+        below = 0
+        for c in sorted(chips, key=prior):
+            self.measure([o], v, [c])
+            below += o.acc[(v, c)] < floor
+            if below >= k:
+                return False
+        return True
+
 
 def search_voltage(sim: _Simulator, o: _Option, floor: float, points: list[float], tol: float,
                    chips: list[int]) -> dict[str, Any]:
     """The lowest voltage meeting `floor` (coarse scan of `points`, highest first, then bisection; module doc)."""
     def meets(v: float) -> bool:
-        return sim.quantile(o, v, chips) >= floor
+        return sim.meets(o, v, chips, floor)
 
     if not meets(points[0]):
         return {"voltage": None, "bracket": None, "limited_by_range": False}
@@ -235,9 +255,13 @@ def _option_result(sim: _Simulator, o: _Option, found: dict[str, Any], floor: fl
             row["ecc"] = {"words": audits[0]["words"], "cells": audits[0]["cells"], "uncorrectable": cfg.ecc_uncorrectable,
                           **{f"mean_{k}": float(np.mean([a[k] for a in audits]))
                              for k in ("faulty_cells", "error_words", "corrected_words", "detected_words", "silent_words")}}
-    volts = sorted({k[0] for k in o.acc if all((k[0], c) in o.acc for c in chips)}, reverse=True)
-    row["trace"] = [{"voltage": u, "quantile": chip_quantile([o.acc[(u, c)] for c in chips], cfg.quantile),
-                     "mean": float(np.mean([o.acc[(u, c)] for c in chips]))} for u in volts]
+    row["trace"] = []  # every voltage searched; where it missed the floor, the chips measured until it was clear
+    for u in sorted({u for u, c in o.acc if c in chips}, reverse=True):
+        got = [o.acc[(u, c)] for c in chips if (u, c) in o.acc]
+        t: dict[str, Any] = {"voltage": u, "chips_measured": len(got), "chips_below_floor": sum(a < floor for a in got)}
+        if len(got) == len(chips):
+            t.update(quantile=chip_quantile(got, cfg.quantile), mean=float(np.mean(got)))
+        row["trace"].append({**t, "meets_floor": t["chips_below_floor"] < quantile_rank(cfg.quantile, len(chips))})
     return row
 
 
@@ -254,9 +278,10 @@ def _curve(sim: _Simulator, options: list[_Option], ca: float, lo: float, hi: fl
     for o in options:
         qs = []
         for v in grid:  # highest first; below the first miss of the lowest floor nothing can count
-            qs.append(sim.quantile(o, v, chips))
-            if qs[-1] < floors[-1]:
+            if not sim.meets(o, v, chips, floors[-1]):  # every floor missed: the chips that decide it suffice
+                qs.append(-math.inf)
                 break
+            qs.append(sim.quantile(o, v, chips))
         counts = _energy(cfg, o, input_shape, hi)
         factor = CELL_OVERHEAD if o.kind == "ecc" else 1.0
         gw, gm = counts["generator_weight_accesses"] or 0, counts["generator_macs"] or 0
@@ -274,22 +299,28 @@ def _curve(sim: _Simulator, options: list[_Option], ca: float, lo: float, hi: fl
 
 def plan_operating_points(model: nn.Module, image: WeightImage, test: tuple[torch.Tensor, torch.Tensor], cfg: PlanConfig,
                           generators: dict[str, tuple[str, nn.Module]] | None = None,
-                          progress: Progress = DEFAULT) -> dict[str, Any]:
+                          progress: Progress = DEFAULT, score: ImageScorer | None = None) -> dict[str, Any]:
     """The operating point of each option (base, base+ECC, base behind each generator) at cfg's floor and quantile.
 
     `generators` maps a label to (registered generator name, module). Accuracies in %, energy savings as fractions;
-    the winner is the feasible option with the largest ES (Eq. 6), winner_mac the largest MAC-ES (Eq. 7).
+    the winner is the feasible option with the largest ES (Eq. 6), winner_mac the largest MAC-ES (Eq. 7). `score`
+    shares one ImageScorer (its scores, by image content) between plans of the same model, test set and generators
+    (other floors or fault models); by default each plan makes its own.
     """
     generators = generators or {}
     lo, hi = cfg.voltage_range()
-    model.eval()
-    x, y = test
-    options = [_Option(BASE, "base", None, x)] + ([_Option(ECC, "ecc", None, x)] if cfg.ecc else [])
-    for label, (arch, g) in generators.items():
+    x = test[0]
+    options = [_Option(BASE, "base", None, None)] + ([_Option(ECC, "ecc", None, None)] if cfg.ecc else [])
+    for label, (arch, _) in generators.items():
         require(label not in (BASE, ECC), f"a generator cannot be labelled {label!r} (an option's name)")
-        options.append(_Option(label, "generator", arch, transform_inputs(g.eval(), x, cfg.batch_size)))
+        options.append(_Option(label, "generator", arch, label))
+    if score is None:
+        score = ImageScorer(model, test, {label: g for label, (_, g) in generators.items()}, cfg.batch_size)
+    require(score.y is test[1] and set(score.inputs) == {None, *generators}, "a shared scorer must be made from this "
+            "plan's test set and generators")
+    scored = len(score)
     # An ECC-decoded clean image is the clean image: its clean accuracy is CA.
-    clean = {o.label: image_accuracy(model, image, o.x, y, cfg.batch_size) for o in options}
+    clean = {o.label: score.accuracy(image, o.inputs) for o in options}
     ca = clean[BASE]
     floor = float(cfg.floor) if cfg.floor is not None else ca - cfg.floor_drop
     require(floor <= ca, f"accuracy floor {floor:.2f}% is above the base model's clean accuracy (CA {ca:.2f}%): "
@@ -304,7 +335,7 @@ def plan_operating_points(model: nn.Module, image: WeightImage, test: tuple[torc
                   f"{quantile_rank(cfg.quantile, cfg.chips)} of {cfg.chips}; search chip seeds 0..{cfg.chips - 1}"
                   + (f", confirm chip seeds {confirm[0]}..{confirm[-1]}" if confirm else "")
                   + f"; voltages {lo}..{hi} V/Vmin, tolerance {cfg.tolerance}")
-    sim = _Simulator(model, image, y, cfg, progress)
+    sim = _Simulator(score, image, cfg, progress)
     sim.measure(options, points[0], chips)  # the top of the range for every option from one faulty image per chip
     rows = []
     for o in options:
@@ -320,7 +351,7 @@ def plan_operating_points(model: nn.Module, image: WeightImage, test: tuple[torc
         "format": PLAN_FORMAT, "version": 1, "config": cfg.to_dict(),
         "versions": {"nfedge": __version__, "torch": torch.__version__, "numpy": np.__version__},
         "seeds": {"search_chips": chips, "confirm_chips": confirm},
-        "samples": len(x), "image_sha256": image.manifest.image_sha256, "input": input_shape,
+        "samples": len(x), "scored_images": len(score) - scored, "image_sha256": image.manifest.image_sha256, "input": input_shape,
         "clean": {"CA": ca, "CA_NF": {o.label: clean[o.label] for o in options if o.kind == "generator"}},
         "floor": floor, "floor_rule": "absolute" if cfg.floor is not None else f"CA - {cfg.floor_drop}",
         "voltage_range": [lo, hi], "table_points": table,

@@ -1,6 +1,10 @@
 """`nfedge report`: Markdown + PNG plots from a run's results (host evaluation, on-target fault runs).
 
+The report leads with the plan stage's answer when the run has one (nfedge.analysis.plan: per option, the lowest
+voltage at which the chip quantile meets the accuracy floor, and the energy saving there), then the sweep.
+
 Plots (each with its numbers in report_data.json, so a reader or a test can check what is drawn):
+  plan.png                 achievable energy saving against the accuracy floor, one curve per option (the plan)
   accuracy_vs_voltage.png  PA (mean +- std over chips) vs SRAM voltage, base alone and behind each
                            generator; host simulation as lines, on-target results as markers
   energy_tradeoff.png      energy saving (x) vs perturbed accuracy (y) at one voltage, one point per
@@ -19,6 +23,8 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from nfedge.analysis.energy import energy_saving, mac_energy_saving  # noqa: E402
+from nfedge.analysis.plan import plan_markdown
+from nfedge.analysis.plan_plot import write_plot
 from nfedge.fileio import atomic_dir, atomic_write_json, atomic_write_text  # noqa: E402
 from nfedge.sram.calibration import load_calibration  # noqa: E402
 
@@ -26,9 +32,10 @@ BASE = "base alone"
 
 
 def report_data(host: dict[str, Any], target: dict[str, Any] | None, focus_voltage: float | None = None,
-                more_targets: list[dict[str, Any]] = ()) -> dict[str, Any]:
+                more_targets: list[dict[str, Any]] = (), plan: dict[str, Any] | None = None) -> dict[str, Any]:
     """The numbers every plot and table shows, in one JSON-serialisable dict. `target` is the on-target fault run
-    the tables show; `more_targets` are runs of the same build in other arithmetic modes (instructions compared)."""
+    the tables show; `more_targets` are runs of the same build in other arithmetic modes (instructions compared);
+    `plan` is the plan stage's result (nfedge.analysis.plan.plan_operating_points)."""
     cal = load_calibration(host["config"]["calibration"])
     conds = host["conditions"]
     gens = list(host["clean"]["CA_NF"])
@@ -52,7 +59,7 @@ def report_data(host: dict[str, Any], target: dict[str, Any] | None, focus_volta
     spread = {BASE: focus["PA"]["per_chip"], **{g: focus["generators"][g]["PA_NF"]["per_chip"] for g in gens}}
     data = {"voltages": volts, "bers": [c["ber"] for c in conds], "series": series, "focus_voltage": focus_voltage,
             "focus_ber": focus["ber"], "energy_tradeoff": energy, "chip_spread": spread, "clean": host["clean"],
-            "samples": host["samples"], "chips": host["config"]["chips"], "target": None}
+            "samples": host["samples"], "chips": host["config"]["chips"], "target": None, "plan": plan}
     if target:
         data["target"] = target_points(target)
         data["target_modes"] = [{"mode": t.get("mode", "weight-only"),
@@ -153,23 +160,43 @@ def summary_table(data: dict[str, Any]) -> str:
 
 
 def write_report(host: dict[str, Any], target: dict[str, Any] | None, out_dir: str | Path,
-                 header: str = "", focus_voltage: float | None = None, more_targets: list[dict[str, Any]] = ()) -> Path:
-    """Write REPORT.md, the three PNGs, report_data.json and summary.json into out_dir (atomically)."""
-    data = report_data(host, target, focus_voltage, more_targets)
+                 header: str = "", focus_voltage: float | None = None, more_targets: list[dict[str, Any]] = (),
+                 plan: dict[str, Any] | None = None) -> Path:
+    """Write REPORT.md, the PNGs (plan.png with a plan), report_data.json and summary.json into out_dir (atomically)."""
+    data = report_data(host, target, focus_voltage, more_targets, plan)
     with atomic_dir(out_dir) as tmp:
+        if plan and plan.get("curve"):
+            write_plot(plan, tmp / "plan.png")
         _plot_accuracy(data, tmp / "accuracy_vs_voltage.png")
         _plot_energy(data, tmp / "energy_tradeoff.png")
         _plot_spread(data, tmp / "chip_spread.png")
         atomic_write_json(tmp / "report_data.json", data)
         atomic_write_json(tmp / "summary.json", {"table": summary_table(data), "focus_voltage": data["focus_voltage"],
+                                                 "plan_table": plan_markdown(plan) if plan else None,
                                                  "energy_tradeoff": data["energy_tradeoff"], "target": data["target"]})
         atomic_write_text(tmp / "REPORT.md", _markdown(data, header))
     return Path(out_dir)
 
 
+def _plan_section(plan: dict[str, Any] | None) -> list[str]:
+    """The planner's answer, the report's first table: per option the lowest voltage meeting the floor and its saving."""
+    if not plan:
+        return []
+    cfg = plan["config"]
+    lines = ["## Operating points: how low the weight SRAM can go at the accuracy floor\n",
+             (f"`nfedge plan` (docs/PLANNER.md): for each option, the lowest voltage at which the {cfg['quantile']} "
+              f"chip quantile of {cfg['chips']} chips keeps the floor, found by bisection on the interpolated voltage "
+              "axis, and the net weight-memory energy saving there against the unprotected model at nominal voltage "
+              "(Eq. 6; MAC-based Eq. 7). The last column re-measures each voltage on fresh chips.\n"),
+             plan_markdown(plan), ""]
+    if plan.get("curve"):
+        lines.append("![achievable energy saving against the accuracy floor](plan.png)\n")
+    return lines
+
+
 def _markdown(data: dict[str, Any], header: str) -> str:
     e = data["energy_tradeoff"]
-    parts = [f"# nfedge report\n\n{header}\n",
+    parts = [f"# nfedge report\n\n{header}\n", *_plan_section(data["plan"]), "## Accuracy against voltage\n",
              f"Host simulation: {data['samples']} test images, {data['chips']} chips per voltage "
              f"(mean +- population std, worst chip in parentheses).\n",
              summary_table(data), "\n![accuracy vs voltage](accuracy_vs_voltage.png)\n",

@@ -21,43 +21,6 @@ def _energy_base(base_path: str, meta: dict) -> str:
     raise NfedgeError(f"base checkpoint {base_path}: name it *.pt so its energy can be counted (an imported model)")
 
 
-def write_plot(result: dict, path: str) -> None:
-    """Achievable energy saving against the accuracy floor, one curve per option (Eq. 6 left, Eq. 7 right), as a
-    PNG written atomically."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    from nfedge.fileio import atomic_write_bytes
-
-    curve = result["curve"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, key, title in ((axes[0], "energy_saving", "ES (Eq. 6, weight accesses)"),
-                           (axes[1], "mac_energy_saving", "MAC-ES (Eq. 7, generator MACs)")):
-        for label, c in curve["options"].items():
-            pts = [(f, 100 * e) for f, e in zip(curve["floors"], c[key]) if e is not None]
-            if pts:
-                ax.plot(*zip(*pts), marker="o", markersize=3, label=label)
-        ax.axvline(result["floor"], color="grey", linestyle=":", linewidth=1)
-        ax.axhline(0, color="black", linewidth=0.5)
-        ax.invert_xaxis()  # the floor relaxes to the right
-        ax.set_xlabel(f"accuracy floor at the {result['config']['quantile']} chip quantile (%)")
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("achievable energy saving (%)")
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"CA {result['clean']['CA']:.2f}%, {result['config']['chips']} chips, fault {result['config']['fault']}, "
-                 f"grid {curve['grid_step']} V/Vmin (dotted: the plan's floor)", fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-
-
 @cli.command("plan")
 @click.option("--base", "base_path", required=True, help="base checkpoint (.pt)")
 @click.option("--image", "image_dir", required=True, help="its clean memory image")
@@ -87,6 +50,7 @@ def plan_cmd(base_path, image_dir, generator_paths, floor, floor_drop, quantile,
     """Lowest weight-SRAM voltage at which the chip quantile meets the floor, and the energy saving there:
     base alone, base + SECDED ECC, base behind each generator."""
     from nfedge.analysis.plan import PlanConfig, plan_markdown, plan_operating_points
+    from nfedge.analysis.plan_plot import write_plot
     from nfedge.data import load_dataset
     from nfedge.fileio import atomic_write_text, sha256_file
     from nfedge.train.eopm import load_generator

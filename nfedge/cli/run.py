@@ -17,7 +17,8 @@ from nfedge.errors import NfedgeError
 @click.option("--print-config", is_flag=True, help="print the resolved config and exit")
 @click.option("--json", "as_json", is_flag=True, help="print the stage log and summary as JSON")
 def run_cmd(config_path, out, print_config, as_json):
-    """Run the whole chain (train-base, quantize, train, evaluate, build, faultrun, report), reusing cached stages."""
+    """Run the whole chain (train-base, quantize, train, plan, evaluate, build, faultrun, report), reusing cached
+    stages."""
     import time
 
     from nfedge.pipeline import load_run_config, run_pipeline
@@ -32,7 +33,8 @@ def run_cmd(config_path, out, print_config, as_json):
         click.echo(json.dumps(r, sort_keys=True))
         return
     ran = ", ".join(f"{s['name']} {s['seconds']:.0f}s" for s in r["stages"] if not s["reused"]) or "none (all reused)"
-    click.echo(f"{r['summary']['table']}\n\nstages run: {ran}\nwall time {time.time() - t:.0f} s; report: {r['report']}")
+    plan = f"{r['summary']['plan_table']}\n\n" if r["summary"].get("plan_table") else ""
+    click.echo(f"{plan}{r['summary']['table']}\n\nstages run: {ran}\nwall time {time.time() - t:.0f} s; report: {r['report']}")
 
 
 @cli.command("report")
@@ -57,5 +59,6 @@ def report_cmd(run_dir):
 
     gens = {g: newest(f"gen-{g}") for g in cfg.generators}
     targets = [newest(f"faultrun-{m}") for m in cfg.target_modes if list(root.glob(f"faultrun-{m}-*/DONE.json"))]
-    out = stages.report_stage(cfg, root, newest("base"), newest("image"), gens, newest("evaluate"), targets)
+    plan = newest("plan") if cfg.plan.enabled and list(root.glob("plan-*/DONE.json")) else None
+    out = stages.report_stage(cfg, root, newest("base"), newest("image"), gens, newest("evaluate"), targets, plan)
     click.echo(f"wrote {out / 'REPORT.md'}")

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from nfedge.analysis.evaluate import EvaluateConfig, evaluate, predict, summarize
+from nfedge.analysis.evaluate import EvaluateConfig, ImageScorer, evaluate, predict, summarize
+from nfedge.analysis.scoring import MaxPool2x2, PrefixForward, scoring_copy
 from nfedge.errors import NfedgeError
-from nfedge.models import create_generator
+from nfedge.models import create_base_model, create_generator
 from nfedge.progress import QUIET
 from nfedge.sram.faults import InjectConfig, inject_faults
 from nfedge.sram.image import build_image, write_image
@@ -24,6 +25,97 @@ def _test_set(model, n=200):
 def test_summary_statistics():
     s = summarize([10.0, 20.0, 30.0])
     assert s["mean"] == 20.0 and s["worst"] == 10.0 and s["std"] == pytest.approx(np.std([10, 20, 30]))
+
+
+@pytest.mark.parametrize("name", ["cnn-s", "UNetT", "ConvT", "vgg11"])
+def test_scoring_copy_gives_the_same_logits_bit_for_bit(name):
+    """The fast 2x2 pool changes no value: clean and faulty weights, random inputs, batches of 37 and 1."""
+    torch.manual_seed(3)
+    m = (create_generator(name, in_channels=1) if name in ("UNetT", "ConvT") else
+         create_base_model(name, in_channels=1, num_classes=10)).eval()
+    for mod in m.modules():  # BN with negative scales too: pooling must not depend on the sign
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.weight.data.uniform_(-1.5, 1.5)
+    fast = scoring_copy(m)
+    assert sum(isinstance(x, MaxPool2x2) for x in fast.modules()) == sum(
+        isinstance(x, torch.nn.MaxPool2d) for x in m.modules()) > 0
+    assert not any(isinstance(x, MaxPool2x2) for x in m.modules())  # the original is untouched
+    faulty = inject_faults(build_image(m, 8), InjectConfig(ber=0.01, chip=0))[0].dequantized_weights()
+    x = torch.rand(37, 1, 32, 32, generator=torch.Generator().manual_seed(2)) * 4 - 2
+    with torch.no_grad():
+        for w in ({}, faulty):
+            for xb in (x, x[:1]):
+                assert torch.equal(torch.func.functional_call(fast, w, (xb,)), torch.func.functional_call(m, w, (xb,)))
+
+
+@pytest.mark.parametrize("name", ["cnn-s", "resnet18"])
+def test_prefix_forward_gives_the_whole_pass_logits_bit_for_bit(name):
+    """Restarting after the unchanged layers changes no value: faulty images from nominal down to 0.875 V/Vmin, each
+    against functional_call on the model as it is, and each restart point is used."""
+    torch.manual_seed(4)
+    m = create_base_model(name, in_channels=1, num_classes=10).eval()
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.weight.data.uniform_(-1.5, 1.5)
+    image = build_image(m, 8)
+    x = torch.rand(70, 1, 32, 32, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    fwd = PrefixForward(scoring_copy(m), [t.name for t in image.manifest.tensors], batch_size=32)
+    assert len(fwd.points) >= 3
+    used = set()
+    with torch.no_grad():
+        for ber, chip in [(0.0, 0), (1e-6, 0), (3e-6, 1), (1e-5, 2), (5e-5, 3), (2e-4, 4), (1e-3, 5)]:
+            w = inject_faults(image, InjectConfig(ber=ber, chip=chip))[0].dequantized_weights()
+            want = torch.cat([torch.func.functional_call(m, w, (x[i: i + 32],)) for i in range(0, 70, 32)])
+            assert torch.equal(fwd.logits(w, x, "x"), want)
+            used.add(fwd.last_restart)
+        clean = image.dequantized_weights()
+        for t in [t.name for t in image.manifest.tensors][-3:]:  # one changed tensor at a time, late in the graph
+            w = {**clean, t: clean[t] + 0.5}
+            want = torch.cat([torch.func.functional_call(m, w, (x[i: i + 32],)) for i in range(0, 70, 32)])
+            assert torch.equal(fwd.logits(w, x, "x"), want)
+            assert fwd.last_restart == fwd.restart[t].name
+            used.add(fwd.last_restart)
+    assert "output" in used and len(used - {"output", None}) >= 2
+
+
+def test_prefix_forward_runs_an_untraceable_model_whole():
+    class Branchy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(h if h.sum() > 0 else -h)  # data-dependent control flow: fx cannot trace it
+
+    m = Branchy().eval()
+    x = torch.randn(10, 4)
+    fwd = PrefixForward(m, ["a.weight", "b.weight"], batch_size=4)
+    w = {"a.weight": m.a.weight.detach(), "b.weight": m.b.weight.detach() * 2}
+    with torch.no_grad():
+        want = torch.cat([torch.func.functional_call(m, w, (x[i: i + 4],)) for i in range(0, 10, 4)])
+        assert fwd.gm is None and torch.equal(fwd.logits(w, x, None), want)
+    assert fwd.last_restart is None
+
+
+def test_fast_pool_falls_back_on_odd_sizes():
+    x = torch.randn(2, 3, 7, 9)
+    assert torch.equal(MaxPool2x2()(x), torch.nn.functional.max_pool2d(x, 2))
+    y = torch.randn(2, 3, 8, 8).transpose(2, 3)  # not contiguous
+    assert torch.equal(MaxPool2x2()(y), torch.nn.functional.max_pool2d(y, 2))
+
+
+def test_scorer_scores_a_content_once_and_as_predict_does(small_model):
+    image = build_image(small_model, 8)
+    x, y = _test_set(small_model, 60)
+    score = ImageScorer(small_model, (x, y), {}, batch_size=16)
+    faulty = inject_faults(image, InjectConfig(ber=0.02, chip=0))[0]
+    want = 100.0 * float((predict(small_model, faulty.dequantized_weights(), x) == y).float().mean())
+    assert score.accuracy(faulty, None) == want and len(score._cache) == 1
+    again = inject_faults(image, InjectConfig(ber=0.02, chip=0))[0]
+    assert score.accuracy(again, None) == want and len(score._cache) == 1  # same bytes: the cached score
 
 
 def test_perturbed_weights_come_from_the_faulty_image_bytes(small_model):
@@ -130,8 +222,8 @@ def test_identical_images_are_scored_once(small_model, monkeypatch):
     from nfedge.analysis import evaluate as ev
 
     calls = []
-    real = ev.predict
-    monkeypatch.setattr(ev, "predict", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = ev.PrefixForward.logits
+    monkeypatch.setattr(ev.PrefixForward, "logits", lambda *a, **k: calls.append(1) or real(*a, **k))
     image = build_image(small_model, 8)
     r = evaluate(small_model, image, _test_set(small_model, 20), EvaluateConfig(bers=(0.0, 0.05), chips=4), progress=QUIET)
     assert len(calls) == 1 + 4  # the clean image (also every BER-0 chip) and the four faulty chips

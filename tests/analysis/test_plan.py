@@ -64,8 +64,16 @@ def test_floor_exactly_on_a_table_points_accuracy(setup):
     assert full["voltage"] <= TABLE_V and full["accuracy"]["quantile"] >= floor
     lo, hi = full["bracket"]
     assert hi == full["voltage"] and 0 < hi - lo <= 0.001
-    trace = {t["voltage"]: t["quantile"] for t in full["trace"]}
-    assert trace[lo] < floor and all(q >= floor for v, q in trace.items() if v >= hi)
+    trace = {t["voltage"]: t for t in full["trace"]}
+    assert not trace[lo]["meets_floor"] and all(t["meets_floor"] and t["quantile"] >= floor and t["chips_measured"] == 5
+                                                for v, t in trace.items() if v >= hi)
+    # Where the search stopped measuring (the first chip below the floor decides the worst of 5), evaluate on
+    # every chip agrees that the voltage misses the floor.
+    partial = [v for v, t in trace.items() if t["chips_measured"] < 5]
+    assert partial and all(not trace[v]["meets_floor"] and trace[v]["chips_below_floor"] == 1 for v in partial)
+    for v in partial[:2]:
+        missed = evaluate(model, image, test, EvaluateConfig(voltages=(v,), chips=5), progress=QUIET)
+        assert min(missed["conditions"][0]["PA"]["per_chip"]) < floor
     assert full["accuracy"]["chips_meeting_floor"] == 5  # the quantile is the worst of 5 chips: all meet
     # the voltage found, re-measured by `evaluate`: the same per-chip accuracies
     again = evaluate(model, image, test, EvaluateConfig(voltages=(full["voltage"],), chips=5), progress=QUIET)
@@ -195,3 +203,22 @@ def test_cli_end_to_end(tmp_path, cli_inputs):
         e = json.loads(e.stdout)
         assert (o["energy_saving"], o["mac_energy_saving"]) == (e["energy_saving"], e["mac_energy_saving"])
     assert np.isfinite([o["voltage"] for o in res["options"] if o["feasible"]]).all()
+
+
+def test_a_shared_scorer_gives_the_same_plans_and_scores_less(setup):
+    from nfedge.analysis.evaluate import ImageScorer
+
+    model, image, test = setup
+    kw = {"base": "cnn-xs", "chips": 5, "confirm_chips": 2}
+    alone = [plan_operating_points(model, image, test, PlanConfig(floor_drop=d, **kw), progress=QUIET) for d in (2.0, 5.0)]
+    score = ImageScorer(model, test, {}, 256)
+    shared = [plan_operating_points(model, image, test, PlanConfig(floor_drop=d, **kw), progress=QUIET, score=score)
+              for d in (2.0, 5.0)]
+    for a, b in zip(alone, shared):
+        assert [r["voltage"] for r in a["options"]] == [r["voltage"] for r in b["options"]]
+        assert [r["accuracy"] for r in a["options"]] == [r["accuracy"] for r in b["options"]]
+    assert shared[0]["scored_images"] == alone[0]["scored_images"] > 0
+    assert shared[1]["scored_images"] < alone[1]["scored_images"]  # the CA - 2 plan's images are not scored again
+    assert len(score) == shared[0]["scored_images"] + shared[1]["scored_images"]
+    with pytest.raises(NfedgeError, match="shared scorer"):
+        plan_operating_points(model, image, (test[0], test[1].clone()), PlanConfig(**kw), progress=QUIET, score=score)

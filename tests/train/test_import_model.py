@@ -427,12 +427,13 @@ def test_run_with_own_checkpoint_and_table(tmp_path, user):
                      "voltage = [0.85, 0.9, 1.0]\nber = [0.03, 0.001, 0.0]\nenergy_per_access = [0.72, 0.81, 1.0]\n")
     conf = {"base_checkpoint": str(ckpt), "calibration": str(table), "base": {"data": {"train_limit": 64, "test_limit": 40}},
             "generators": ["UIP"], "eopm": {"max_steps": 2, "n_perturbed": 2, "batch_size": 8}, "chips": 2,
-            "voltages": [1.0, 0.85], "eval_limit": 40, "target": "none"}
+            "voltages": [1.0, 0.85], "eval_limit": 40, "target": "none",
+            "plan": {"chips": 5, "confirm_chips": 0, "test_limit": 40, "curve_step": 0.05}}
     (tmp_path / "run.json").write_text(json.dumps(conf))
     cfg = load_run_config(tmp_path / "run.json")
     r = run_pipeline(cfg, tmp_path / "out", progress=QUIET)
     ran = {s["name"]: s for s in r["stages"]}
-    assert not any(s["reused"] for s in r["stages"]) and set(ran) == {"base", "image", "gen-UIP", "evaluate"}
+    assert not any(s["reused"] for s in r["stages"]) and set(ran) == {"base", "image", "gen-UIP", "plan", "evaluate"}
     ev = json.loads((Path(ran["evaluate"]["path"]) / "evaluate.json").read_text())
     assert [c["ber"] for c in ev["conditions"]] == [0.0, 0.03] and ev["config"]["calibration"] == str(table)
     assert ev["energy"]["UIP"]["base"] == "TinyNet"
@@ -442,6 +443,8 @@ def test_run_with_own_checkpoint_and_table(tmp_path, user):
 
     table.write_text(table.read_text().replace("0.03,", "0.04,"))
     again = {s["name"]: s["reused"] for s in run_pipeline(cfg, tmp_path / "out", progress=QUIET)["stages"]}
-    assert again == {"base": True, "image": True, "gen-UIP": False, "evaluate": False}
+    assert again == {"base": True, "image": True, "gen-UIP": False, "plan": False, "evaluate": False}
+    plan = json.loads((Path(ran["plan"]["path"]) / "plan.json").read_text())
+    assert plan["config"]["base"].endswith("base.pt") and plan["voltage_range"] == [0.85, 1.0]  # the user's table
     with pytest.raises(NfedgeError, match="voltage 0.833 is outside calibration 'narrow'"):
         RunConfig(calibration=str(table), voltages=(1.0, 0.833))

@@ -1,0 +1,131 @@
+"""The planner section of docs/RESULTS.md: `nfedge plan` on a run's trained models, for every fault model and floor.
+
+    .venv/bin/python scripts/results_planner.py --run runs/default --out runs/results-planner
+        [--test-limit N] [--chips 20] [--faults flip stuck-at] [--floor-drops 1 2 5] [--plot-step 0.01]
+
+Reads the newest finished base, image and generator stages of the `nfedge run` folder, plans every option (base
+alone, base + SECDED ECC, base behind each generator) at each floor (CA minus each drop) under each fault model on
+the test set (all of it unless --test-limit), with one scorer shared by all plans (an image is scored once per
+content whatever plan asks for it), and writes into --out: plan-<fault>-ca<drop>.json and .md per plan,
+plan-<fault>.png (achievable ES against the floor, computed with the CA - 2 plan, or the first drop), and
+planner.md, the RESULTS section: the tables, then the goal of issue #12 (the best generator's ES at CA - 2 beats
+the better of base alone and ECC by at least 5 points) as met, or the measured gap. Existing plan files are kept
+(an interrupted run resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from nfedge.analysis.evaluate import ImageScorer
+from nfedge.analysis.plan import PlanConfig, plan_markdown, plan_operating_points
+from nfedge.analysis.plan_plot import write_plot
+from nfedge.data import load_dataset
+from nfedge.errors import NfedgeError
+from nfedge.fileio import atomic_write_json, atomic_write_text
+from nfedge.pipeline import RunConfig
+from nfedge.progress import DEFAULT
+from nfedge.sram.image import read_image
+from nfedge.train.checkpoint import load_checkpoint
+from nfedge.train.eopm import load_generator
+
+GOAL_POINTS = 5.0  # issue #12: the best generator beats the better of base alone and ECC by this much at CA - 2
+
+
+def newest(run: Path, prefix: str) -> Path:
+    done = sorted(run.glob(f"{prefix}-*/DONE.json"), key=lambda p: p.stat().st_mtime)
+    if not done:
+        raise NfedgeError(f"{run} has no finished {prefix} stage: run the main job first (bash scripts/main_job.sh)")
+    return done[-1].parent
+
+
+def goal(plan: dict) -> str:
+    """Issue #12's goal at this plan's floor: the best generator's ES against the better of base alone and ECC."""
+    es = {r["option"]: 100 * r["energy_saving"] for r in plan["options"] if r["feasible"]}
+    kind = {r["option"]: r["kind"] for r in plan["options"]}
+    gens = {k: v for k, v in es.items() if kind[k] == "generator"}
+    alts = {k: v for k, v in es.items() if kind[k] != "generator"}
+    alt = max(alts, key=alts.get) if alts else None
+    if not gens:
+        return "no generator meets the floor anywhere in range: not met" + (
+            f" ({alt} saves {alts[alt]:.1f}%)" if alt else "")
+    best = max(gens, key=gens.get)
+    if alt is None:
+        return f"only generators meet the floor; the best, {best}, saves {gens[best]:.1f}%: met"
+    gap = gens[best] - alts[alt]
+    verdict = "met" if gap >= GOAL_POINTS else f"not met, {GOAL_POINTS - gap:.1f} points short"
+    return f"best generator {best} saves {gens[best]:.1f}% against {alt}'s {alts[alt]:.1f}% ({gap:+.1f} points): {verdict}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", default="runs/default", help="an `nfedge run` folder with trained models")
+    ap.add_argument("--out", default="runs/results-planner")
+    ap.add_argument("--test-limit", type=int, default=None, help="a seeded subset of the test set (default: all)")
+    ap.add_argument("--chips", type=int, default=20)
+    ap.add_argument("--faults", nargs="+", default=["flip", "stuck-at"])
+    ap.add_argument("--floor-drops", type=float, nargs="+", default=[1.0, 2.0, 5.0])
+    ap.add_argument("--plot-step", type=float, default=0.01, help="the plot's voltage grid (V/Vmin)")
+    a = ap.parse_args()
+    run, out = Path(a.run), Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = RunConfig.from_json((run / "run.json").read_text())
+    base_dir, image_dir = newest(run, "base"), newest(run, "image")
+    model, meta = load_checkpoint(base_dir / "base.pt")
+    image = read_image(image_dir / "image")
+    gens = {g: (g, load_generator(newest(run, f"gen-{g}") / "generator.pt")[0]) for g in cfg.generators}
+    _, test, _ = load_dataset(dataclasses.replace(cfg.base.data, test_limit=a.test_limit))
+    x, y = test.tensors
+    base = str(base_dir / "base.pt") if cfg.base_checkpoint else cfg.base.model
+    plot_drop = 2.0 if 2.0 in a.floor_drops else a.floor_drops[0]
+    score = ImageScorer(model, (x, y), {g: m for g, (_, m) in gens.items()}, 256)
+    t0 = time.time()
+    plans, timing = {}, {}
+    for fault in a.faults:
+        for drop in a.floor_drops:
+            stem = f"plan-{fault}-ca{drop:g}"
+            if (out / f"{stem}.json").is_file():
+                plans[(fault, drop)] = json.loads((out / f"{stem}.json").read_text())
+                continue
+            pcfg = PlanConfig(base=base, classes=int(meta["num_classes"]), floor_drop=drop, chips=a.chips,
+                              confirm_chips=a.chips, fault=fault, calibration=cfg.calibration,
+                              curve=drop == plot_drop, curve_step=a.plot_step)
+            t = time.time()
+            r = plan_operating_points(model, image, (x, y), pcfg, generators=gens, progress=DEFAULT, score=score)
+            r["seconds"] = timing[stem] = time.time() - t
+            r["inputs"] = {"run": str(run), "base": str(base_dir / "base.pt"), "image": str(image_dir / "image")}
+            atomic_write_json(out / f"{stem}.json", r)
+            atomic_write_text(out / f"{stem}.md", plan_markdown(r) + "\n")
+            if r["curve"]:
+                write_plot(r, out / f"plan-{fault}.png")
+            plans[(fault, drop)] = r
+            DEFAULT.info(f"{stem}: {r['seconds']:.0f} s, {r['scored_images']} images scored")
+    lines = ["## The operating-point planner (issue #12)", "",
+             (f"`bash scripts/results_planner.sh {run} {out}`: the models of the run folder `{run}`, "
+              f"{len(x):,} test images, {a.chips} search chips and {a.chips} fresh chips per option, "
+              f"{platform.machine()} with {torch.get_num_threads()} threads. ES is Eq. 6 against the unprotected "
+              "model at nominal voltage; docs/PLANNER.md says how the search and the ECC work."), ""]
+    for fault in a.faults:
+        lines += [f"### {fault} faults", ""]
+        for drop in a.floor_drops:
+            lines += [f"#### Floor CA - {drop:g}", "", plan_markdown(plans[(fault, drop)]), ""]
+        lines += [f"![achievable ES against the floor, {fault}](plan-{fault}.png)", "",
+                  f"Goal (the best generator beats the better of base alone and ECC by {GOAL_POINTS:g} points at CA - 2): "
+                  + (goal(plans[(fault, 2.0)]) if (fault, 2.0) in plans else "CA - 2 not planned") + ".", ""]
+    total = time.time() - t0
+    lines.append(f"Planning took {total / 60:.1f} min in this invocation ({len(timing)} plans computed).")
+    atomic_write_text(out / "planner.md", "\n".join(lines) + "\n")
+    atomic_write_json(out / "timing.json", {"seconds": timing, "total_seconds": total, "test_images": len(x),
+                                            "chips": a.chips, "scored_images": len(score)})
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
