@@ -29,10 +29,9 @@ import numpy as np
 from nfedge.errors import NfedgeError
 from nfedge.integer.scheme import INT32_MAX
 
-__all__ = ["IM2COL_KERNEL", "ISAS", "KERNEL_ATTR", "NHWC_KERNEL", "chunk_of", "constant_weights", "conv2d_int8",
+__all__ = ["IM2COL_KERNEL", "KERNEL_ATTR", "NHWC_KERNEL", "chunk_of", "constant_weights", "conv2d_int8",
            "conv2d_int8_nhwc", "isa_of_target", "narrow_accumulator", "nhwc_weights", "padded_reduction"]
 
-ISAS = ("mve", "dsp")
 KERNEL_ATTR = "nfedge.kernel"  # PrimFunc attribute that marks a kernel for nfedge.deploy.int8_schedule
 IM2COL_KERNEL, NHWC_KERNEL = "conv2d_int8", "conv2d_int8_nhwc"  # its values
 _MVE_CPUS = ("cortex-m55", "cortex-m85")

@@ -24,12 +24,14 @@ _TILE = {"mve": (2, 2), "dsp": (2, 2), None: (2, 2)}  # (output channels, output
 
 # ---------------------------------------------------------------------------------------------- intrinsics
 
-def _dot_desc(chunk: int):
+def _dot_desc(chunk: int, a_dtype: str = "int8", pair_order: bool = False):
+    """C += sum_k A[k] * B[k] over `chunk` terms, the pattern every dot-product intrinsic replaces; with
+    `pair_order`, B is read in PAIR_ORDER (B[k % 2 * 2 + k // 2]), the DSP form's int16 row against raw codes."""
     from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (chunk,), "int8", offset_factor=1)
+        A = T.match_buffer(a, (chunk,), a_dtype, offset_factor=1)
         B = T.match_buffer(b, (chunk,), "int8", offset_factor=1)
         C = T.match_buffer(c, (1,), "int32", offset_factor=1, scope="local")
         with T.sblock("root"):
@@ -38,7 +40,10 @@ def _dot_desc(chunk: int):
             for k in T.serial(chunk):
                 with T.sblock("update"):
                     vk = T.axis.remap("R", [k])
-                    C[0] = C[0] + T.cast(A[vk], "int32") * T.cast(B[vk], "int32")
+                    if pair_order:
+                        C[0] = C[0] + T.cast(A[vk], "int32") * T.cast(B[vk % 2 * 2 + vk // 2], "int32")
+                    else:
+                        C[0] = C[0] + T.cast(A[vk], "int32") * T.cast(B[vk], "int32")
 
     return desc
 
@@ -86,25 +91,6 @@ def _dsp_impl():
     return impl
 
 
-def _dsp16_desc():
-    from tvm.script import tirx as T
-
-    @T.prim_func(s_tir=True)
-    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (4,), "int16", offset_factor=1)
-        B = T.match_buffer(b, (4,), "int8", offset_factor=1)
-        C = T.match_buffer(c, (1,), "int32", offset_factor=1, scope="local")
-        with T.sblock("root"):
-            T.reads(C[0:1], A[0:4], B[0:4])
-            T.writes(C[0:1])
-            for j in T.serial(4):
-                with T.sblock("update"):
-                    vj = T.axis.remap("R", [j])
-                    C[0] = C[0] + T.cast(A[vj], "int32") * T.cast(B[vj % 2 * 2 + vj // 2], "int32")
-
-    return desc
-
-
 def _dsp16_impl():
     """C += A[0]B[0] + A[1]B[2] + A[2]B[1] + A[3]B[3]: A's two words are int16 pairs as they are (the im2col row
     is stored in PAIR_ORDER), SXTB16 splits B's word into bytes (0, 2) and, rotated by 8, (1, 3); two SMLAD."""
@@ -137,7 +123,7 @@ def _intrin(isa: str) -> str:
     name = f"nfedge_dot_i8i8i32_{isa}"
     if TensorIntrin.get(name, allow_missing=True) is None:
         desc, impl = {"mve": (_dot_desc(16), _mve_impl()), "dsp": (_dot_desc(4), _dsp_impl()),
-                      "dsp16": (_dsp16_desc(), _dsp16_impl())}[isa]
+                      "dsp16": (_dot_desc(4, "int16", pair_order=True), _dsp16_impl())}[isa]
         TensorIntrin.register(name, desc, impl)
     return name
 
