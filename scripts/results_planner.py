@@ -107,8 +107,11 @@ def main() -> None:
                 write_plot(r, out / f"plan-{fault}.png")
             plans[(fault, drop)] = r
             DEFAULT.info(f"{stem}: {r['seconds']:.0f} s, {r['scored_images']} images scored")
+    # the options that differ from the defaults, so the recorded command reproduces this section
+    extra = "".join(f" --{k.replace('_', '-')} " + " ".join(map(str, v if isinstance(v, list) else [v]))
+                    for k, v in vars(a).items() if k not in ("run", "out") and v != ap.get_default(k))
     lines = ["## The operating-point planner (issue #12)", "",
-             (f"`bash scripts/results_planner.sh {run} {out}`: the models of the run folder `{run}`, "
+             (f"`bash scripts/results_planner.sh {run} {out}{extra}`: the models of the run folder `{run}`, "
               f"{len(x):,} test images, {a.chips} search chips and {a.chips} fresh chips per option, "
               f"{platform.machine()} with {torch.get_num_threads()} threads. ES is Eq. 6 against the unprotected "
               "model at nominal voltage; docs/PLANNER.md says how the search and the ECC work."), ""]
