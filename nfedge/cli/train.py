@@ -78,7 +78,7 @@ def import_model_cmd(model_class, kwargs_json, state_dict, exported_program, inp
 @cli.command("train")
 @click.option("--base", "base_paths", multiple=True, required=True, help="base checkpoint (repeat for a surrogate ensemble)")
 @click.option("--image", "image_dirs", multiple=True, required=True, help="its clean memory image (one per --base)")
-@click.option("--generator", default="ConvS", show_default=True, help="ConvL ConvS DeConvL DeConvS UNetL UNetS UIP")
+@click.option("--generator", default="ConvS", show_default=True, help="generator (see `nfedge models`)")
 @click.option("--ber", type=float, help="training BER (default 0.01 unless --voltage)")
 @click.option("--voltage", type=float, help="training voltage in V/Vmin")
 @click.option("--fault", default="flip", show_default=True, help="flip | stuck-at")
