@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nfedge.analysis.scoring import PrefixForward, scoring_copy
+from nfedge.analysis.scoring import scoring_copy
 from nfedge.config import require
 from nfedge.errors import NfedgeError
 from nfedge.integer import MODES
@@ -75,15 +75,13 @@ class ImageScorer:
     """Accuracy (percent) of the base model reading one image, alone and behind each generator, in the
     configured arithmetic. Inputs are prepared once: F(x) does not depend on the chip (G runs at nominal
     voltage). Images are scored once per distinct content (sha256): at a high voltage most chips have no
-    faulty cell, and every one of them is the clean image. Weight-only scoring runs scoring_copy(model) through a
-    PrefixForward whose reference is the first image scored (nfedge.analysis.scoring: the same logits, restarted
-    after the layers an image leaves unchanged)."""
+    faulty cell, and every one of them is the clean image. Weight-only scoring runs scoring_copy(model)
+    (nfedge.analysis.scoring: the same logits, faster max-pools)."""
 
     def __init__(self, model: nn.Module, test: tuple[torch.Tensor, torch.Tensor], generators: dict[str, nn.Module],
                  batch_size: int, programs: dict[str, Any] | None = None) -> None:
         self.model, self.batch_size, self.programs = model.eval(), batch_size, programs
         self.fast = scoring_copy(model) if programs is None else None
-        self.forward: PrefixForward | None = None  # made at the first weight-only image (its tensor names)
         x, self.y = test
         for g in generators.values():
             g.eval()
@@ -105,11 +103,8 @@ class ImageScorer:
         key = (image.manifest.image_sha256, name)
         if key not in self._cache:
             if self.programs is None:
-                if self.forward is None:
-                    self.forward = PrefixForward(self.fast, [t.name for t in image.manifest.tensors], self.batch_size)
-                with torch.no_grad():
-                    logits = self.forward.logits(image.dequantized_weights(), self.inputs[name], name)
-                self._cache[key] = 100.0 * float((logits.argmax(1) == self.y).float().mean())
+                pred = predict(self.fast, image.dequantized_weights(), self.inputs[name], batch_size=self.batch_size)
+                self._cache[key] = 100.0 * float((pred == self.y).float().mean())
             else:
                 base = self.programs["base"]
                 pred = torch.from_numpy(run_integer(base, self.inputs[name], image_codes(base, image)).argmax(1))

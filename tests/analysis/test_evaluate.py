@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from nfedge.analysis.evaluate import EvaluateConfig, ImageScorer, evaluate, predict, summarize
-from nfedge.analysis.scoring import MaxPool2x2, PrefixForward, scoring_copy
+from nfedge.analysis.scoring import MaxPool2x2, scoring_copy
 from nfedge.errors import NfedgeError
 from nfedge.models import create_base_model, create_generator
 from nfedge.progress import QUIET
@@ -47,57 +47,6 @@ def test_scoring_copy_gives_the_same_logits_bit_for_bit(name):
         for w in ({}, faulty):
             for xb in (x, x[:1]):
                 assert torch.equal(torch.func.functional_call(fast, w, (xb,)), torch.func.functional_call(m, w, (xb,)))
-
-
-@pytest.mark.parametrize("name", ["cnn-s", "resnet18"])
-def test_prefix_forward_gives_the_whole_pass_logits_bit_for_bit(name):
-    """Restarting after the unchanged layers changes no value: faulty images from nominal down to 0.875 V/Vmin, each
-    against functional_call on the model as it is, and each restart point is used."""
-    torch.manual_seed(4)
-    m = create_base_model(name, in_channels=1, num_classes=10).eval()
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.5, 0.5)
-            mod.weight.data.uniform_(-1.5, 1.5)
-    image = build_image(m, 8)
-    x = torch.rand(70, 1, 32, 32, generator=torch.Generator().manual_seed(5)) * 2 - 1
-    fwd = PrefixForward(scoring_copy(m), [t.name for t in image.manifest.tensors], batch_size=32)
-    assert len(fwd.points) >= 3
-    used = set()
-    with torch.no_grad():
-        for ber, chip in [(0.0, 0), (1e-6, 0), (3e-6, 1), (1e-5, 2), (5e-5, 3), (2e-4, 4), (1e-3, 5)]:
-            w = inject_faults(image, InjectConfig(ber=ber, chip=chip))[0].dequantized_weights()
-            want = torch.cat([torch.func.functional_call(m, w, (x[i: i + 32],)) for i in range(0, 70, 32)])
-            assert torch.equal(fwd.logits(w, x, "x"), want)
-            used.add(fwd.last_restart)
-        clean = image.dequantized_weights()
-        for t in [t.name for t in image.manifest.tensors][-3:]:  # one changed tensor at a time, late in the graph
-            w = {**clean, t: clean[t] + 0.5}
-            want = torch.cat([torch.func.functional_call(m, w, (x[i: i + 32],)) for i in range(0, 70, 32)])
-            assert torch.equal(fwd.logits(w, x, "x"), want)
-            assert fwd.last_restart == fwd.restart[t].name
-            used.add(fwd.last_restart)
-    assert "output" in used and len(used - {"output", None}) >= 2
-
-
-def test_prefix_forward_runs_an_untraceable_model_whole():
-    class Branchy(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b = torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)
-
-        def forward(self, x):
-            h = self.a(x)
-            return self.b(h if h.sum() > 0 else -h)  # data-dependent control flow: fx cannot trace it
-
-    m = Branchy().eval()
-    x = torch.randn(10, 4)
-    fwd = PrefixForward(m, ["a.weight", "b.weight"], batch_size=4)
-    w = {"a.weight": m.a.weight.detach(), "b.weight": m.b.weight.detach() * 2}
-    with torch.no_grad():
-        want = torch.cat([torch.func.functional_call(m, w, (x[i: i + 4],)) for i in range(0, 10, 4)])
-        assert fwd.gm is None and torch.equal(fwd.logits(w, x, None), want)
-    assert fwd.last_restart is None
 
 
 def test_fast_pool_falls_back_on_odd_sizes():
@@ -222,8 +171,8 @@ def test_identical_images_are_scored_once(small_model, monkeypatch):
     from nfedge.analysis import evaluate as ev
 
     calls = []
-    real = ev.PrefixForward.logits
-    monkeypatch.setattr(ev.PrefixForward, "logits", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = ev.predict
+    monkeypatch.setattr(ev, "predict", lambda *a, **k: calls.append(1) or real(*a, **k))
     image = build_image(small_model, 8)
     r = evaluate(small_model, image, _test_set(small_model, 20), EvaluateConfig(bers=(0.0, 0.05), chips=4), progress=QUIET)
     assert len(calls) == 1 + 4  # the clean image (also every BER-0 chip) and the four faulty chips
