@@ -184,23 +184,21 @@ def main() -> None:
     head = (f"base {a.base}, generators {' '.join(a.generators) or 'none'}, {a.images} images; {platform.machine()}, "
             f"{torch.get_num_threads()} threads, torch {torch.__version__}")
 
-    sides = {"nfedge evaluate": lambda: evaluate(model, image, (x, y), cfg, generators=gens, progress=QUIET),
-             "distinct, model as is": lambda: distinct_images(model, image, (x, y), cfg, gens),
-             "previous loop": lambda: previous_loop(model, image, (x, y), cfg, gens)}
+    sides = {"nfedge evaluate": lambda t, c: evaluate(model, image, t, c, generators=gens, progress=QUIET),
+             "distinct, model as is": lambda t, c: distinct_images(model, image, t, c, gens),
+             "previous loop": lambda t, c: previous_loop(model, image, t, c, gens)}
     times: dict[str, list[float]] = {n: [] for n in sides}
     out = {}
     names = list(sides)
     # One untimed warm-up of every side on a small sweep (one voltage, one chip, 512 images): the first call in a
     # process pays one-off costs (oneDNN kernel selection, allocator growth, lazy imports) that would otherwise be
     # charged to whichever side the first round times first.
-    warm_cfg, warm = EvaluateConfig(voltages=(0.875,), chips=1), (x[:512], y[:512])
-    evaluate(model, image, warm, warm_cfg, generators=gens, progress=QUIET)
-    distinct_images(model, image, warm, warm_cfg, gens)
-    previous_loop(model, image, warm, warm_cfg, gens)
+    for side in sides.values():
+        side((x[:512], y[:512]), EvaluateConfig(voltages=(0.875,), chips=1))
     for r in range(a.rounds):
         for n in names[r % len(names):] + names[: r % len(names)]:
             t = time.perf_counter()
-            out[n] = sides[n]()
+            out[n] = sides[n]((x, y), cfg)
             times[n].append(time.perf_counter() - t)
     nf = out["nfedge evaluate"]
     for n in names[1:]:
