@@ -4,9 +4,9 @@ writes every window's argmax index).
 
 A restart of the pass after the layers an image leaves unchanged (torch.fx cuts, the reference image's activations
 kept) was tried and removed: side by side it saved nothing on the main job's sweep (43.2 s against 42.8 s without it,
-docs/BENCHMARKS.md "Host evaluation sweep"). Near the voltages that matter (BER ~1e-4, ~75 flipped bits in cnn-s's
-94,762 weights) nearly every image likely changes one of the first layers, so the pass restarts near the input
-anyway (an expectation from the fault counts, not traced).
+docs/BENCHMARKS.md "Host evaluation sweep"). Near the voltages that matter (BER ~1e-4: ~75 flipped bits in the
+93,728 weight bytes of cnn-s's 8-bit image) nearly every image likely changes one of the first layers, so the pass
+restarts near the input anyway (an expectation from the fault counts, not traced).
 """
 
 from __future__ import annotations
