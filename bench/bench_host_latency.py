@@ -5,9 +5,9 @@ then
   torch eager       the base model with the image's dequantized float weights loaded
   torch eager+image ImageWeightedModel(x, image): decodes the weights from the image on every call,
                     like the ONNX and TVM graphs
-  onnxruntime       the ONNX nfedge exports (nfedge.deploy.export.export_base_onnx), CPU provider
+  onnxruntime       the ONNX nfedge exports (nfedge.deploy.compile.export.export_base_onnx), CPU provider
   TVM untuned       nfedge build --target host (what a build does without a tuning database)
-  TVM tuned         the same build with a MetaSchedule database from nfedge.deploy.tune (reused when --db exists)
+  TVM tuned         the same build with a MetaSchedule database from nfedge.deploy.compile.tune (reused when --db exists)
 Outputs are checked against onnxruntime before anything is timed. Timing: interleaved rounds (every
 implementation once per round, in a rotating order), each round times `--calls` back-to-back calls;
 the table shows the median over rounds of the per-call time. With --generator, the NeuralFuse front
@@ -37,16 +37,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from nfedge.deploy.build import BuildConfig, build_for_target  # noqa: E402
-from nfedge.deploy.export import (  # noqa: E402
+from nfedge.deploy.compile.build import BuildConfig, build_for_target  # noqa: E402
+from nfedge.deploy.compile.export import (  # noqa: E402
     ImageWeightedModel,
     NeuralFuseFront,
     export_base_onnx,
     export_generator_onnx,
     image_tensor,
 )
-from nfedge.deploy.tune import TuneConfig, tune_for_target  # noqa: E402
-from nfedge.deploy.tuning_db import load_tuning_db  # noqa: E402
+from nfedge.deploy.compile.tune import TuneConfig, tune_for_target  # noqa: E402
+from nfedge.deploy.compile.tuning_db import load_tuning_db  # noqa: E402
 from nfedge.models import create_base_model, create_generator  # noqa: E402
 from nfedge.progress import DEFAULT  # noqa: E402
 from nfedge.sram.image import QuantizeConfig, quantize_to_image  # noqa: E402

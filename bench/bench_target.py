@@ -1,7 +1,7 @@
 """Benchmark: instructions per inference (and per MAC) of base model and generator on emulated Cortex-M.
 
 Builds `--base` + `--generator` (random weights, 8 bits, 1x32x32) for each target and each lowering
-schedule (nfedge.deploy.lower.SCHEDULES: "none" = as fused, "inline" = epilogues folded into their
+schedule (nfedge.deploy.compile.lower.SCHEDULES: "none" = as fused, "inline" = epilogues folded into their
 producers) and each arithmetic mode (weight-only: float32 layers; integer: int8/int32, docs/INTEGER.md, the
 programs calibrated on 64 random images), runs one sample under QEMU -icount (deterministic SysTick counts)
 and prints a Markdown table with RAM and code sizes.
@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from nfedge.analysis.dataflow import count_macs
-from nfedge.deploy.build import BuildConfig, build_for_target
-from nfedge.deploy.harness import run_on_target
-from nfedge.deploy.lower import SCHEDULES
+from nfedge.deploy.compile.build import BuildConfig, build_for_target
+from nfedge.deploy.run.harness import run_on_target
+from nfedge.deploy.compile.lower import SCHEDULES
 from nfedge.integer import MODES
 from nfedge.integer.calibrate import INPUT_SCALE, calibrate_programs
 from nfedge.integer.scheme import quantize_to_int8

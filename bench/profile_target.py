@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nfedge.deploy import harness
-from nfedge.deploy.build import BuildConfig, build_for_target
+from nfedge.deploy.run import harness
+from nfedge.deploy.compile.build import BuildConfig, build_for_target
 from nfedge.integer.calibrate import INPUT_SCALE, calibrate_programs
 from nfedge.integer.scheme import quantize_to_int8
 from nfedge.models import create_base_model, create_generator

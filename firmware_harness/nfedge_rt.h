@@ -14,7 +14,7 @@
 
 #include <tvm/ffi/c_api.h>
 
-/* Exit codes shared with nfedge/deploy/harness.py */
+/* Exit codes shared with nfedge/deploy/run/harness.py */
 #define NFEDGE_EXIT_OK 0
 #define NFEDGE_EXIT_IO 2        /* reading the inputs or writing the outputs failed */
 #define NFEDGE_EXIT_OPERATOR 3  /* a compiled operator returned non-zero */
@@ -43,7 +43,7 @@ uint64_t nfedge_timer_ticks(void);
  * float32 samples from NFEDGE_INPUT_HEADER on). Outputs: framed records on the CMSDK APB UART at
  * NFEDGE_UART_ADDR, which QEMU captures into a file in the run's temp folder. Each record is
  *   'N' 'F' | type (1 byte) | payload length (uint16 LE) | payload | CRC-32 (zlib) of type, length, payload
- * (parsed by nfedge/deploy/emulators.py; keep the two in step). */
+ * (parsed by nfedge/deploy/run/emulators.py; keep the two in step). */
 #define NFEDGE_INPUT_MAGIC 0x4E49464Eu /* "NFIN" */
 #define NFEDGE_INPUT_VERSION 1u
 #define NFEDGE_INPUT_HEADER 64u /* bytes before the first sample */

@@ -15,8 +15,8 @@ from nfedge.analysis.plan import plan_markdown, plan_operating_points
 from nfedge.analysis.plan_plot import write_plot
 from nfedge.analysis.report import write_report
 from nfedge.data import load_dataset
-from nfedge.deploy.build import BuildConfig
-from nfedge.deploy.faultrun import FaultrunConfig, build_bundle, faultrun
+from nfedge.deploy.compile.build import BuildConfig, build_bundle
+from nfedge.deploy.run.faultrun import FaultrunConfig, faultrun
 from nfedge.errors import NfedgeError
 from nfedge.fileio import atomic_write_json, atomic_write_text, sha256_file
 from nfedge.progress import Progress

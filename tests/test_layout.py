@@ -137,6 +137,35 @@ def test_modules_stay_small():
     assert not big, f"modules over {MAX_MODULE_LINES} lines (split by responsibility): {big}"
 
 
+def rooms_crossed(graph: dict[str, dict], rooms: tuple[str, ...] = ("nfedge.deploy.compile", "nfedge.deploy.run")) -> list[str]:
+    """Imports from one deploy room into another: compiling and running share only what lies beside them
+    (targets, the bundle format, the guest I/O protocol), so either can change without the other."""
+    def room(m: str) -> str | None:
+        return next((r for r in rooms if m == r or m.startswith(r + ".")), None)
+
+    return [f"{m} imports {t} (line {ln})" for m, edges in graph.items() for t, uses in edges.items() for ln, _ in uses
+            if room(m) and room(t) and room(m) != room(t)]
+
+
+def test_compile_and_run_never_import_each_other(graph):
+    assert any(m.startswith("nfedge.deploy.compile.") for m in graph) and any(m.startswith("nfedge.deploy.run.") for m in graph)
+    bad = rooms_crossed(graph)
+    assert not bad, "\n".join(bad)
+
+
+def test_the_room_check_finds_a_crossing(tmp_path):
+    pkg = tmp_path / "nfedge"
+    for d in ("deploy/compile", "deploy/run"):
+        (pkg / d).mkdir(parents=True)
+    for f in ("__init__.py", "deploy/__init__.py", "deploy/compile/__init__.py", "deploy/run/__init__.py", "deploy/guest_io.py"):
+        (pkg / f).write_text("")
+    (pkg / "deploy" / "compile" / "build.py").write_text("from nfedge.deploy.guest_io import X\n")
+    (pkg / "deploy" / "run" / "harness.py").write_text("from nfedge.deploy.guest_io import X\n")
+    assert rooms_crossed(import_graph(pkg)) == []
+    (pkg / "deploy" / "run" / "faultrun.py").write_text("def f():\n    from nfedge.deploy.compile.build import g\n")
+    assert rooms_crossed(import_graph(pkg)) == ["nfedge.deploy.run.faultrun imports nfedge.deploy.compile.build (line 2)"]
+
+
 def test_the_checker_finds_a_cycle_and_an_upward_import(tmp_path):
     """The checks above can fail: a package with a two-module cycle through a function-local import."""
     pkg = tmp_path / "nfedge"

@@ -23,12 +23,12 @@ from nfedge.errors import NfedgeError
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="bundle directory")
 def build_cmd(target, bits, base_path, image_dir, generator_path, tuning_db, mode, calib_images, out):
     """Compile generator (nominal voltage) and base model (weights from the image) with TVM for a target."""
-    from nfedge.deploy.build import BuildConfig
-    from nfedge.deploy.faultrun import build_bundle
+    from nfedge.deploy.compile.build import BuildConfig, build_bundle
+    from nfedge.progress import DEFAULT
 
     load_bases([base_path], [image_dir])  # the image must come from this checkpoint
     b = build_bundle(BuildConfig(target=target, bits=bits, tuning_db=tuning_db, mode=mode, calib_images=calib_images),
-                     base_path, image_dir, generator_path, out)
+                     base_path, image_dir, generator_path, out, DEFAULT)
     sizes = b.manifest.get("sizes", {})
     click.echo(f"wrote {out} for {b.target.name}: " + ", ".join(f"{k} {v}" for k, v in sizes.items() if isinstance(v, int)),
                err=True)
@@ -52,14 +52,15 @@ def build_cmd(target, bits, base_path, image_dir, generator_path, tuning_db, mod
 def tune_cmd(target, base_path, image_dir, generator_path, db_dir, trials, trials_per_round, max_workers, timeout_s,
              seed, cpu, threads, as_json):
     """MetaSchedule-tune the host build's operators on this machine; `nfedge build --tuning-db` uses the result."""
-    from nfedge.deploy.faultrun import image_input_shape
-    from nfedge.deploy.tune import TuneConfig, tune_for_target
+    from nfedge.deploy.compile.tune import TuneConfig, tune_for_target
     from nfedge.progress import DEFAULT
     from nfedge.train.eopm import load_generator
 
-    ((model, image, _),) = load_bases([base_path], [image_dir])
+    from nfedge.train.checkpoint import checkpoint_input_shape
+
+    ((model, image, meta),) = load_bases([base_path], [image_dir])
     gen = load_generator(generator_path)[0] if generator_path else None
-    cfg = TuneConfig(target=target, input_shape=image_input_shape(base_path), trials=trials,
+    cfg = TuneConfig(target=target, input_shape=checkpoint_input_shape(meta), trials=trials,
                      trials_per_round=trials_per_round, max_workers=max_workers, timeout_s=timeout_s, seed=seed,
                      cpu=cpu, threads=threads)
     db = tune_for_target(cfg, model, image, gen, db_dir, DEFAULT)
@@ -99,7 +100,7 @@ def tune_cmd(target, base_path, image_dir, generator_path, db_dir, trials, trial
 def faultrun_cmd(bundle_dir, voltages, bers, chips, samples, fault, fault_map, images, calibration, min_agreement, jobs,
                  timeout_s, as_json, out, allow_emulator, trust_bundle_code):
     """Run the bundle on its (emulated) target against undervolted SRAM images and compare with the host."""
-    from nfedge.deploy.faultrun import FaultrunConfig, faultrun
+    from nfedge.deploy.run.faultrun import FaultrunConfig, faultrun
 
     cfg = FaultrunConfig(voltages=tuple(voltages), bers=tuple(bers), chips=default_chips(chips, fault, 3), samples=samples,
                          fault=fault, fault_map=fault_map, images=tuple(images), calibration=calibration,

@@ -1,6 +1,6 @@
 """The bundle format: what `nfedge build` writes and every reader checks before anything runs.
 
-Bundle layout (written atomically by nfedge.deploy.build):
+Bundle layout (written atomically by nfedge.deploy.compile.build):
   manifest.json   format/version, config, target descriptor, io shapes, memory map, sizes, versions,
                   sha256 of every file below (checked by load_bundle before anything runs)
   target.toml     the exact target descriptor the bundle was built for (aliases resolved): everything
@@ -14,7 +14,7 @@ A bundle is data from whoever wrote it (the hashes too: whoever writes the manif
 load_bundle checks its shape before it opens anything the manifest names: every path is a plain relative
 path inside the bundle (no absolute path, no '..', no empty part) and the bundle holds regular files and
 directories only (no symbolic link anywhere, so nothing can point outside). Which programs may then run
-it is nfedge.deploy.emulators' business.
+it is nfedge.deploy.run.emulators' business.
 """
 
 from __future__ import annotations

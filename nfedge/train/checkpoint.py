@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nfedge.data import DataConfig
 from nfedge.errors import NfedgeError
 from nfedge.fileio import atomic_write_bytes
 from nfedge.models import create_base_model
@@ -23,11 +24,16 @@ from nfedge.train.model_source import CLASS_SOURCE, rebuild_module
 CHECKPOINT_FORMAT = "nfedge-checkpoint"
 
 
-def atomic_torch_save(path: str | Path, obj: Any) -> None:
-    """torch.save to a temp file, then rename: a reader never sees half a checkpoint."""
+def torch_bytes(obj: Any) -> bytes:
+    """What torch.save writes, in memory: written with nfedge.fileio's atomic writes, alone or with other files."""
     buf = io.BytesIO()
     torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def atomic_torch_save(path: str | Path, obj: Any) -> None:
+    """torch.save to a temp file, then rename: a reader never sees half a checkpoint."""
+    atomic_write_bytes(path, torch_bytes(obj))
 
 
 def load_torch_file(path: str | Path, what: str, fmt: str, weights_only: bool = True) -> dict[str, Any]:
@@ -37,6 +43,8 @@ def load_torch_file(path: str | Path, what: str, fmt: str, weights_only: bool = 
         raise NfedgeError(f"{what} {p} does not exist")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=weights_only)
+    except OSError:  # unreadable or vanished since the check: the CLI names the file and the errno's meaning
+        raise
     except Exception as e:  # torch raises many types for a bad file
         raise NfedgeError(f"{what} {p} is not a readable torch file ({type(e).__name__})") from None
     if not isinstance(obj, dict) or obj.get("format") != fmt:
@@ -44,10 +52,15 @@ def load_torch_file(path: str | Path, what: str, fmt: str, weights_only: bool = 
     return obj
 
 
+def checkpoint_bytes(model: nn.Module, model_name: str, in_channels: int, num_classes: int,
+                     meta: dict[str, Any] | None = None) -> bytes:
+    return torch_bytes({"format": CHECKPOINT_FORMAT, "version": 1, "model": model_name, "in_channels": in_channels,
+                        "num_classes": num_classes, "state_dict": model.state_dict(), "meta": meta or {}})
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, model_name: str, in_channels: int, num_classes: int,
                     meta: dict[str, Any] | None = None) -> None:
-    atomic_torch_save(path, {"format": CHECKPOINT_FORMAT, "version": 1, "model": model_name, "in_channels": in_channels,
-                             "num_classes": num_classes, "state_dict": model.state_dict(), "meta": meta or {}})
+    atomic_write_bytes(path, checkpoint_bytes(model, model_name, in_channels, num_classes, meta))
 
 
 def load_checkpoint(path: str | Path, allow_code: bool = True) -> tuple[nn.Module, dict[str, Any]]:
@@ -70,3 +83,18 @@ def load_checkpoint(path: str | Path, allow_code: bool = True) -> tuple[nn.Modul
         raise NfedgeError(f"checkpoint {p}: state dict does not fit {ckpt['model']} ({str(e).splitlines()[0]})") from None
     model.eval()
     return model, {k: v for k, v in ckpt.items() if k != "state_dict"}
+
+
+def checkpoint_data(meta: dict[str, Any], where: str | Path) -> DataConfig:
+    """The dataset a base checkpoint was trained (or imported) on: what build (calibration) and faultrun read."""
+    d = meta["meta"].get("config", {}).get("data")
+    if d is None:
+        raise NfedgeError(f"{where}: the base checkpoint records no dataset (import-model without --dataset); "
+                          "import it again with --dataset")
+    return DataConfig.from_dict(d)
+
+
+def checkpoint_input_shape(meta: dict[str, Any]) -> tuple[int, int, int]:
+    """(C, H, W) of one input sample of a base checkpoint (H, W from its recorded dataset; 32x32 when none)."""
+    size = meta["meta"].get("dataset", {}).get("image_size", [32, 32])
+    return (int(meta["in_channels"]), int(size[0]), int(size[1]))

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 from conftest import run_nfedge
 
-from nfedge.deploy.build import BuildConfig
+from nfedge.deploy.compile.build import BuildConfig
 from nfedge.deploy.bundle import load_bundle
-from nfedge.deploy.faultrun import FaultrunConfig, _bundle_programs, _host_integers, build_bundle, faultrun
-from nfedge.deploy.harness import run_on_target
+from nfedge.deploy.compile.build import build_bundle
+from nfedge.deploy.run.faultrun import FaultrunConfig, _bundle_programs, _host_integers, faultrun
+from nfedge.deploy.run.harness import run_on_target
 from nfedge.errors import NfedgeError
 from nfedge.integer.calibrate import INPUT_SCALE
 from nfedge.integer.scheme import quantize_to_int8
@@ -52,7 +53,7 @@ def test_one_flipped_bit_changes_target_and_host_alike(fr_bundle, tmp_path):
 
 
 def test_a_program_calibrated_for_another_image_is_refused(fr_bundle, tmp_path):
-    from nfedge.deploy.build import check_programs
+    from nfedge.deploy.compile.build import check_programs
     from nfedge.integer.calibrate import calibrate_programs
     from nfedge.train.checkpoint import load_checkpoint
 

@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 from conftest import cnn_xs_with_bn_stats
 
-from nfedge.deploy.build import BuildConfig, build_for_target
+from nfedge.deploy.compile.build import BuildConfig, build_for_target
 from nfedge.deploy.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST, TARGET_FILE, load_bundle
-from nfedge.deploy.harness import run_on_target
+from nfedge.deploy.run.harness import run_on_target
 from nfedge.deploy.targets import descriptor_text, load_target, parse_target
-from nfedge.deploy.toolchain import firmware_dir, tvm_ffi_include
+from nfedge.deploy.compile.toolchain import firmware_dir, tvm_ffi_include
 from nfedge.errors import NfedgeError
 from nfedge.fileio import sha256_file
 from nfedge.sram.image import build_image

@@ -265,14 +265,14 @@ def test_imported_model_through_quantize_evaluate_build(tmp_path, user):
                "--out", d / "bundle")
     assert r.returncode == 0, r.stderr[-2000:]
     from nfedge.deploy.bundle import load_bundle
-    from nfedge.deploy.harness import run_on_target
+    from nfedge.deploy.run.harness import run_on_target
     from nfedge.sram.image import read_image
 
     bundle = load_bundle(d / "bundle")
     x = _x()[:2]
     res = run_on_target(bundle, read_image(d / "img").codes.tobytes(), x.numpy(), trust_bundle_code=True)  # built here
     host = load_checkpoint(d / "imp" / "base.pt")[0]
-    from nfedge.deploy.export import ImageWeightedModel, image_tensor
+    from nfedge.deploy.compile.export import ImageWeightedModel, image_tensor
 
     expect = ImageWeightedModel(host, read_image(d / "img").manifest)(x, image_tensor(read_image(d / "img")))
     assert torch.allclose(torch.from_numpy(res.logits_base), expect, atol=1e-4)
@@ -298,7 +298,7 @@ def user_table(tmp_path: Path, ber_0833: float = 0.03) -> Path:
 
 def test_user_table_changes_the_ber_every_stage_uses(tmp_path, small_model):
     from nfedge.analysis.evaluate import EvaluateConfig
-    from nfedge.deploy.faultrun import FaultrunConfig
+    from nfedge.deploy.run.faultrun import FaultrunConfig
     from nfedge.sram.faults import InjectConfig, inject_faults
     from nfedge.sram.image import build_image
     from nfedge.train.eopm import EOPMConfig

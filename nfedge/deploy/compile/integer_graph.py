@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from nfedge.deploy.int8_kernels import (
+from nfedge.deploy.compile.int8_kernels import (
     IM2COL_KERNEL,
     KERNEL_ATTR,
     NHWC_KERNEL,
@@ -77,7 +77,7 @@ def _weight(bb, prog: Program, op: Op, image_var, entries: dict[str, Any]):
 
 def _emit_conv_kernel(bb, prog: Program, op: Op, x, image_var, entries, isa: str | None, total_bytes: int,
                       nhwc: bool = False):
-    """A conv layer as one of nfedge's own kernels (nfedge.deploy.int8_kernels): im2col + int8 dot products +
+    """A conv layer as one of nfedge's own kernels (nfedge.deploy.compile.int8_kernels): im2col + int8 dot products +
     rescale, or with `nhwc` (constant weights only) the direct NHWC form."""
     p = op.params
     key = prog.weight_key(op)
@@ -216,7 +216,7 @@ def _emit_program(bb, prog: Program, x, image_var, entries, isa: str | None = No
 def integer_relax_graphs(base: Program, input_shape: tuple[int, int, int], image: WeightImage,
                          generator: Program | None = None, batch: int = 1, isa: str | None = None) -> dict[str, Any]:
     """The Relax programs an integer bundle compiles (see the module doc); `isa` ("mve", "dsp" or None:
-    nfedge.deploy.int8_kernels.isa_of_target) sets how far each conv's reduction is zero-padded for its kernel."""
+    nfedge.deploy.compile.int8_kernels.isa_of_target) sets how far each conv's reduction is zero-padded for its kernel."""
     from tvm import relax
 
     if not base.calibrated or (generator is not None and not generator.calibrated):
@@ -251,7 +251,7 @@ def integer_relax_graphs(base: Program, input_shape: tuple[int, int, int], image
 
 
 def _mark_kernels(mod):
-    """Mark nfedge's conv kernels for nfedge.deploy.int8_kernels.schedule_int8_kernels, and as opaque so that
+    """Mark nfedge's conv kernels for nfedge.deploy.compile.int8_kernels.schedule_int8_kernels, and as opaque so that
     FuseOps keeps each one whole (op_pattern 8 = kOpaque: nothing is fused into or onto it)."""
     import tvm
 

@@ -1,5 +1,5 @@
 """The MetaSchedule tuning database a host build reuses: its directory format, reading and checking it,
-and applying its schedules to a lowered module (written by nfedge.deploy.tune).
+and applying its schedules to a lowered module (written by nfedge.deploy.compile.tune).
 
 Database directory (written atomically: a temp dir, then renamed):
   tune.json                     format/version, config, the tuned TVM target (with -mcpu and num-cores),
@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from nfedge.deploy.lower import apply_inline_schedule, lower_relax
+from nfedge.deploy.compile.lower import apply_inline_schedule, lower_relax
 from nfedge.deploy.targets import TargetDescriptor
 from nfedge.errors import NfedgeError
 from nfedge.fileio import sha256_file

@@ -1,4 +1,4 @@
-"""nfedge.deploy.int8_kernels: the integer conv kernel computes the reference's integers (compiled for this host),
+"""nfedge.deploy.compile.int8_kernels: the integer conv kernel computes the reference's integers (compiled for this host),
 its schedule uses the ISA's dot-product instructions (the compiled Cortex-M objects' disassembly), and a schedule
 that fails is an error naming the function."""
 
@@ -9,15 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nfedge.deploy.int8_kernels import (
+from nfedge.deploy.compile.int8_kernels import (
     KERNEL_ATTR,
     conv2d_int8,
     isa_of_target,
     narrow_accumulator,
     padded_reduction,
 )
-from nfedge.deploy.int8_schedule import schedule_int8_kernels
-from nfedge.deploy.lower import lower_relax
+from nfedge.deploy.compile.int8_schedule import schedule_int8_kernels
+from nfedge.deploy.compile.lower import lower_relax
 from nfedge.errors import NfedgeError
 from nfedge.integer.scheme import HIGH_WORD_MIN_SHIFT, apply_scale, apply_scale_high_word, saturate
 

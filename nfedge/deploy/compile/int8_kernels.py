@@ -1,5 +1,5 @@
 """The integer convolution kernels (issue #11): int8 dot products over contiguous runs, one TE compute per form
-for every target, so every target computes the same integers (nfedge.deploy.int8_schedule tensorizes them
+for every target, so every target computes the same integers (nfedge.deploy.compile.int8_schedule tensorizes them
 for the target's ISA).
 
 `conv2d_int8` (im2col; any layer, the base model's always, NCHW activations):
@@ -32,7 +32,7 @@ from nfedge.integer.scheme import INT32_MAX
 __all__ = ["IM2COL_KERNEL", "KERNEL_ATTR", "NHWC_KERNEL", "chunk_of", "constant_weights", "conv2d_int8",
            "conv2d_int8_nhwc", "isa_of_target", "narrow_accumulator", "nhwc_weights", "padded_reduction"]
 
-KERNEL_ATTR = "nfedge.kernel"  # PrimFunc attribute that marks a kernel for nfedge.deploy.int8_schedule
+KERNEL_ATTR = "nfedge.kernel"  # PrimFunc attribute that marks a kernel for nfedge.deploy.compile.int8_schedule
 IM2COL_KERNEL, NHWC_KERNEL = "conv2d_int8", "conv2d_int8_nhwc"  # its values
 _MVE_CPUS = ("cortex-m55", "cortex-m85")
 _DSP_CPUS = ("cortex-m4", "cortex-m7", "cortex-m33", "cortex-m35p")

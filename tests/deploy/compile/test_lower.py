@@ -1,4 +1,4 @@
-"""The lowering (nfedge.deploy.lower): the inline schedule does what it claims, keeps the outputs, and a
+"""The lowering (nfedge.deploy.compile.lower): the inline schedule does what it claims, keeps the outputs, and a
 schedule that fails is reported (GitHub issue #11: on TVM 0.27 it raised inside a bare `except` and every
 fused operator of cnn-s was silently built unscheduled)."""
 
@@ -11,7 +11,7 @@ import tvm
 import tvm_ffi
 from tvm.script import tirx as T
 
-from nfedge.deploy.lower import ScheduleWarning, apply_inline_schedule, inline_primfunc, lower_relax, relax_graphs
+from nfedge.deploy.compile.lower import ScheduleWarning, apply_inline_schedule, inline_primfunc, lower_relax, relax_graphs
 from nfedge.deploy.targets import load_target
 from nfedge.models import create_base_model, create_generator
 from nfedge.sram.image import build_image
@@ -150,6 +150,6 @@ def test_a_failing_schedule_warns_naming_the_function_and_keeps_it():
 
 def test_a_failing_schedule_is_an_error_in_the_test_suite():
     """pyproject.toml's filterwarnings turns the warning into an error here, so a schedule that stops
-    working fails every test that builds (tests/deploy/test_build.py too), not just this file."""
+    working fails every test that builds (tests/deploy/compile/test_build.py too), not just this file."""
     with pytest.raises(ScheduleWarning, match="my_plain_op"):
         apply_inline_schedule(_module_with_blockless())

@@ -4,7 +4,7 @@
     logits_base, logits_nf, instructions = res          # unpacks like a 3-tuple
     res.instructions_base, res.instructions_generator  # per-sample int64 arrays (None without a counter)
 
-What may run is decided by nfedge.deploy.emulators (known emulators only, checked arguments; a user's own
+What may run is decided by nfedge.deploy.run.emulators (known emulators only, checked arguments; a user's own
 emulator with allow_emulator=PATH). Every run gets its own temp folder, and the guest reaches nothing else:
 
 Bare metal: one QEMU process per pass, `-icount shift=0` (1 instruction = 1 ns of virtual time, so the
@@ -37,18 +37,27 @@ from typing import Any, Iterator
 import numpy as np
 
 from nfedge.deploy.bundle import Bundle, load_bundle
-from nfedge.deploy.emulators import (
+from nfedge.deploy.guest_io import (
+    DONE_PAYLOAD_BYTES,
+    EXIT_PAYLOAD_BYTES,
+    EXIT_REASONS,
     INPUT_HEADER_BYTES,
+    RECORD_FRAMING_BYTES,
     REC_DONE,
     REC_EXIT,
     REC_MESSAGE,
     REC_SAMPLE,
+    TICKS_PER_SAMPLE,
+    pack_inputs,
+    parse_records,
+    sample_payload_bytes,
+    split_sample_payloads,
+)
+from nfedge.deploy.run.emulators import (
     checked_args,
     confined_argv,
     confinement,
     is_static_elf,
-    pack_inputs,
-    parse_records,
     qemu_system_argv,
     resolve_emulator,
     run_process,
@@ -61,13 +70,6 @@ from nfedge.sram.image import WeightImage, read_image
 
 __all__ = ["TargetResult", "run_on_target", "check_runnable"]
 
-# exit statuses of firmware_harness/nfedge_rt.h (the bare-metal exit record, the Linux runner's exit code)
-_EXIT_REASONS = {
-    2: "reading the inputs or writing the outputs failed",
-    3: "a compiled operator returned an error",
-    4: "the operator workspace pool was exhausted (build-time bound too small)",
-    250: "the CPU faulted (HardFault/MemManage/BusFault/UsageFault) or took an unexpected interrupt",
-}
 _OUTPUT_SLACK = 1 << 16  # bytes of messages allowed on top of the expected outputs before a run is killed
 
 
@@ -142,7 +144,7 @@ def _inputs(inputs, bundle: Bundle) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def _explain_exit(rc: int, out: str, err: str, what: str, reasons: dict[int, str] = _EXIT_REASONS) -> NfedgeError:
+def _explain_exit(rc: int, out: str, err: str, what: str, reasons: dict[int, str] = EXIT_REASONS) -> NfedgeError:
     lines = [ln for ln in (out + "\n" + err).splitlines() if ln.strip()]
     detail = next((ln for ln in lines if ln.startswith("nfedge-error:") or ln.startswith("nfedge:")), None)
     detail = detail or next((ln for ln in lines if "fatal" in ln.lower() or "error" in ln.lower()), None)
@@ -217,7 +219,7 @@ def _run_bare_metal(bundle: Bundle, plan: _Plan, data: bytes, x: np.ndarray, dea
     t = bundle.target
     qemu = plan.emulator
     per = _outputs_per_sample(bundle)
-    record = 9 + 4 + 4 * per + 24  # framing (sync, type, length, crc) + index + logits + ticks
+    record = RECORD_FRAMING_BYTES + sample_payload_bytes(per)
     cap = max(1, (t.input.length - INPUT_HEADER_BYTES) // x[0].nbytes)  # samples per pass
     logits, ticks, texts, peak = [], [], [], 0
     with tempfile.TemporaryDirectory(prefix="nfedge-run-") as d:
@@ -248,7 +250,7 @@ def _decode_uart(raw: bytes, rc: int, out: str, err: str, n: int, per: int, what
     if rc != 0:  # QEMU itself failed (bad option, lockup) or was killed: its own exit code, not the firmware's
         raise _explain_exit(rc, "\n".join(texts) + "\n" + out, err, what.replace("target", "emulator for target", 1), {})
     exits = [r for r in records if r.type == REC_EXIT]
-    if not exits or len(exits[-1].payload) != 4:
+    if not exits or len(exits[-1].payload) != EXIT_PAYLOAD_BYTES:
         seen = texts[-1] if texts else (f"{len(raw)} bytes on its UART, none of them nfedge's records" if raw
                                         else "nothing on its UART")
         raise NfedgeError(f"{what} stopped without reporting a status (not nfedge firmware, or it reset early: {seen[:200]})")
@@ -257,17 +259,15 @@ def _decode_uart(raw: bytes, rc: int, out: str, err: str, n: int, per: int, what
         raise _explain_exit(status, "\n".join(texts), "", what)
     samples = [r for r in records if r.type == REC_SAMPLE]
     done = [r for r in records if r.type == REC_DONE]
-    size = 4 + 4 * per + 24
+    size = sample_payload_bytes(per)
     ok = (junk == 0 and len(samples) == n and all(len(r.payload) == size and int.from_bytes(r.payload[:4], "little") == i
                                                    for i, r in enumerate(samples))
-          and len(done) == 1 and len(done[0].payload) == 8 and int.from_bytes(done[0].payload[:4], "little") == n)
+          and len(done) == 1 and len(done[0].payload) == DONE_PAYLOAD_BYTES
+          and int.from_bytes(done[0].payload[:4], "little") == n)
     if not ok:
         raise NfedgeError(f"{what} finished without processing all {n} samples ({len(samples)} sample records, "
                           f"{junk} bytes outside records on its UART)")
-    body = b"".join(r.payload[4:] for r in samples)
-    arr = np.frombuffer(body, dtype=np.uint8).reshape(n, size - 4)
-    logits = arr[:, :4 * per].copy().view("<i4" if logit_dtype == "int32" else "<f4").astype(logit_dtype)
-    ticks = arr[:, 4 * per:].copy().view("<u8").astype(np.int64)
+    logits, ticks = split_sample_payloads([r.payload for r in samples], per, logit_dtype)
     return logits, ticks, texts, int.from_bytes(done[0].payload[4:], "little")
 
 
@@ -299,7 +299,7 @@ def _run_with_files(bundle: Bundle, plan: _Plan, data: bytes, x: np.ndarray, dea
         (work / "image.bin").write_bytes(data)
         x.tofile(work / "input.bin")
         if bundle.kind == "host":
-            cmd = [sys.executable, "-m", "nfedge.deploy.host_runner", str(bundle.path), str(work)]
+            cmd = [sys.executable, "-m", "nfedge.deploy.run.host_runner", str(bundle.path), str(work)]
         else:
             _copy_verified(bundle, "run", work / "runner")
             if plan.unshare is not None:
@@ -309,7 +309,7 @@ def _run_with_files(bundle: Bundle, plan: _Plan, data: bytes, x: np.ndarray, dea
             else:  # trusted and unconfinable: as before this change, in the run's folder
                 cmd = [plan.emulator, *(["-cpu", t.emulator.cpu] if t.emulator.cpu else []), *checked_args(t),
                        str(work / "runner")]
-        limit = tree_bytes([work]) + _OUTPUT_SLACK + n * (4 * per + 24)
+        limit = tree_bytes([work]) + _OUTPUT_SLACK + n * (4 * per + 8 * TICKS_PER_SAMPLE)
         rc, out, err = run_process(cmd, work, d, deadline, timeout_s, what, [work], limit)
         if rc != 0:
             raise _explain_exit(rc, out, err, what)
@@ -318,7 +318,7 @@ def _run_with_files(bundle: Bundle, plan: _Plan, data: bytes, x: np.ndarray, dea
             raise NfedgeError(f"{what} finished without processing all {n} samples "
                               f"(output: {(out.strip().splitlines() or ['none'])[-1][:200]})")
         logits = _read_exact(work / "logits.bin", np.dtype(bundle.logit_dtype), n * per, what).reshape(n, per).copy()
-        ticks = _read_exact(work / "ticks.bin", np.uint64, n * 3, what).reshape(n, 3).astype(np.int64)
+        ticks = _read_exact(work / "ticks.bin", np.uint64, n * TICKS_PER_SAMPLE, what).reshape(n, TICKS_PER_SAMPLE).astype(np.int64)
     ws = re.search(r"workspace_peak=(\d+)", out)
     return logits, ticks, out, int(ws.group(1)) if ws and bundle.kind != "host" else None
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import cnn_xs_with_bn_stats
 
-from nfedge.deploy.integer_graph import integer_relax_graphs
+from nfedge.deploy.compile.integer_graph import integer_relax_graphs
 from nfedge.errors import NfedgeError
 from nfedge.integer.calibrate import INPUT_SCALE, calibrate
 from nfedge.integer.program import trace_program

@@ -1,7 +1,7 @@
-"""`nfedge build` + `nfedge faultrun`: the compiled models on the (emulated) target against undervolted SRAM.
+"""`nfedge faultrun`: a bundle's compiled models on the (emulated) target against undervolted SRAM.
 
-build_bundle compiles base model (+ generator) with TVM into a bundle and keeps the two checkpoints in
-it (host/), so faultrun can run the host simulation of exactly the same bytes. faultrun, for every
+A bundle (nfedge.deploy.compile.build.build_bundle) keeps the two checkpoints (host/), so faultrun can run the
+host simulation of exactly the same bytes. faultrun, for every
 voltage (or BER) and chip: injects faults into the bundle's clean image, runs the target in its
 emulator with that image at its address (parallel emulator processes), runs the host simulation on
 the same bytes, and compares: accuracy on both sides (mean, std, worst chip), agreement (fraction of
@@ -23,13 +23,11 @@ import torch
 from nfedge.analysis.energy import EnergyConfig, estimate_energy
 from nfedge.analysis.evaluate import summarize
 from nfedge.config import require
-from nfedge.data import DataConfig, load_dataset
-from nfedge.data.datasets import calibration_images
-from nfedge.deploy.build import BuildConfig, build_for_target
+from nfedge.data import load_dataset
 from nfedge.deploy.bundle import Bundle, load_bundle
-from nfedge.deploy.harness import check_runnable, run_on_target
+from nfedge.deploy.run.harness import check_runnable, run_on_target
 from nfedge.errors import NfedgeError
-from nfedge.integer.calibrate import INPUT_SCALE, calibrate_programs, checkpoint_ranges
+from nfedge.integer.calibrate import INPUT_SCALE
 from nfedge.integer.program import program_from_dict
 from nfedge.integer.reference import image_codes, run_front, run_integer
 from nfedge.integer.scheme import quantize_to_int8
@@ -37,50 +35,10 @@ from nfedge.models.generators import neuralfuse_transform
 from nfedge.progress import DEFAULT, Progress
 from nfedge.sram.image import read_image
 from nfedge.sram.sweep import FaultSweep, condition_label, faulty_images
-from nfedge.train.checkpoint import load_checkpoint
+from nfedge.train.checkpoint import checkpoint_data, load_checkpoint
 from nfedge.train.eopm import load_generator
 
 BASE = "base"
-
-
-def build_bundle(cfg: BuildConfig, base_checkpoint: str | Path, image_dir: str | Path, generator_checkpoint: str | Path | None,
-                 out_dir: str | Path, progress: Progress = DEFAULT) -> Bundle:
-    """Compile and write the bundle (atomically), with the checkpoints for host simulation in host/ (sealed
-    in the manifest with every other file). Integer mode calibrates the programs first, on cfg.calib_images
-    seeded training images of the checkpoint's dataset, with the ranges a quantization-aware checkpoint froze."""
-    model, meta = load_checkpoint(base_checkpoint)
-    image = read_image(image_dir)
-    gen = load_generator(generator_checkpoint)[0] if generator_checkpoint else None
-    shape = tuple(int(v) for v in image_input_shape(base_checkpoint))
-    cfg = dataclasses.replace(cfg, input_shape=shape)
-    programs = None
-    if cfg.mode == "integer":
-        data = _checkpoint_data(meta, Path(base_checkpoint))
-        x_calib = calibration_images(data, cfg.calib_images)
-        programs = calibrate_programs(model, image, {"generator": gen} if gen is not None else {}, x_calib,
-                                      checkpoint_ranges(meta))
-        progress.info(f"build: integer programs calibrated on {len(x_calib)} training images (seed 0)")
-    extra = {"host/base.pt": Path(base_checkpoint)}
-    if generator_checkpoint:
-        extra["host/generator.pt"] = Path(generator_checkpoint)
-    bundle = build_for_target(cfg, model, image, gen, out_dir, progress, programs=programs, extra_files=extra)
-    progress.info(f"build: bundle written to {out_dir}")
-    return bundle
-
-
-def _checkpoint_data(meta: dict, where: Path) -> DataConfig:
-    d = meta["meta"].get("config", {}).get("data")
-    if d is None:
-        raise NfedgeError(f"{where}: the base checkpoint records no dataset (import-model without --dataset); "
-                          "import it again with --dataset")
-    return DataConfig.from_dict(d)
-
-
-def image_input_shape(base_checkpoint: str | Path) -> tuple[int, int, int]:
-    _, meta = load_checkpoint(base_checkpoint)
-    ds = meta["meta"].get("dataset", {})
-    size = ds.get("image_size", [32, 32])
-    return (int(meta["in_channels"]), int(size[0]), int(size[1]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +100,7 @@ def faultrun(bundle_dir: str | Path, test: tuple[torch.Tensor, torch.Tensor] | N
     gen_name = gmeta["generator"] if gmeta else None
     clean = read_image(bundle.path / "image")
     if test is None:
-        data = _checkpoint_data(meta, bundle.path / "host" / "base.pt")
+        data = checkpoint_data(meta, bundle.path / "host" / "base.pt")
         _, t, _ = load_dataset(dataclasses.replace(data, test_limit=cfg.samples, seed=cfg.sample_seed))
         test = t.tensors
     x, y = test[0][: cfg.samples], test[1][: cfg.samples]

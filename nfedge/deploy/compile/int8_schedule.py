@@ -1,4 +1,4 @@
-"""The schedules of nfedge's integer conv kernels (nfedge.deploy.int8_kernels), chosen from the target's CPU.
+"""The schedules of nfedge's integer conv kernels (nfedge.deploy.compile.int8_kernels), chosen from the target's CPU.
 
 - "mve" (Cortex-M55, Helium): the dot product of 16 int8 pairs is one VMLADAVA.S8 (`llvm.arm.mve.vmldava`);
 - "dsp" (Cortex-M4/M7/M33, the DSP extension): 4 int8 pairs are two SXTB16 per operand and two SMLAD
@@ -14,7 +14,7 @@ Measured (bench/bench_target.py, docs/BENCHMARKS.md): the 2 x 2 tile beat 4 x 2,
 
 from __future__ import annotations
 
-from nfedge.deploy.int8_kernels import KERNEL_ATTR, NHWC_KERNEL, chunk_of, isa_of_target
+from nfedge.deploy.compile.int8_kernels import KERNEL_ATTR, NHWC_KERNEL, chunk_of, isa_of_target
 from nfedge.errors import NfedgeError
 
 __all__ = ["schedule_int8_kernels"]

@@ -1,4 +1,4 @@
-"""Target descriptors (nfedge.deploy.targets) and the build stage (nfedge.deploy.build)."""
+"""Target descriptors (nfedge.deploy.targets) and the build stage (nfedge.deploy.compile.build)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from nfedge.deploy.build import BuildConfig, build_for_target
+from nfedge.deploy.compile.build import BuildConfig, build_for_target
 from nfedge.deploy.bundle import load_bundle
 from nfedge.deploy.targets import list_targets, load_target
 from nfedge.errors import NfedgeError

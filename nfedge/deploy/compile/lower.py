@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from nfedge.deploy.export import ImageWeightedModel, NeuralFuseFront, image_tensor
-from nfedge.deploy.int8_schedule import schedule_int8_kernels
+from nfedge.deploy.compile.export import ImageWeightedModel, NeuralFuseFront, image_tensor
+from nfedge.deploy.compile.int8_schedule import schedule_int8_kernels
 from nfedge.errors import NfedgeError
 from nfedge.sram.image import WeightImage
 

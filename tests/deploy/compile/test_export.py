@@ -1,4 +1,4 @@
-"""nfedge.deploy.export: the image-weighted base model (the single source of truth) and ONNX export."""
+"""nfedge.deploy.compile.export: the image-weighted base model (the single source of truth) and ONNX export."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from conftest import cnn_xs_with_bn_stats
 from torch import nn
 
-from nfedge.deploy.export import (
+from nfedge.deploy.compile.export import (
     ImageWeightedModel,
     NeuralFuseFront,
     export_base_onnx,

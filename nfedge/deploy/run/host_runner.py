@@ -1,6 +1,6 @@
 """The host target's runner: a host bundle's Relax VM libraries run in this subprocess with the same file
 protocol as the firmware's main.c (input.bin + image.bin in, logits.bin + ticks.bin and a done line out).
-Started by nfedge.deploy.harness only with trust_bundle_code: loading a bundle's .so runs its native code."""
+Started by nfedge.deploy.run.harness only with trust_bundle_code: loading a bundle's .so runs its native code."""
 
 from __future__ import annotations
 
@@ -55,12 +55,12 @@ def run_host_bundle(bundle_dir: str, work: str) -> int:
     return 0
 
 
-if __name__ == "__main__":  # python -m nfedge.deploy.host_runner BUNDLE WORKDIR
+if __name__ == "__main__":  # python -m nfedge.deploy.run.host_runner BUNDLE WORKDIR
     if len(sys.argv) == 3:
         try:
             sys.exit(run_host_bundle(sys.argv[1], sys.argv[2]))
         except NfedgeError as e:
             print(f"nfedge-error: {e}", flush=True)
             sys.exit(2)
-    print("usage: python -m nfedge.deploy.host_runner BUNDLE WORKDIR", file=sys.stderr)
+    print("usage: python -m nfedge.deploy.run.host_runner BUNDLE WORKDIR", file=sys.stderr)
     sys.exit(64)

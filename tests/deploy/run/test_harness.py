@@ -1,4 +1,4 @@
-"""nfedge.deploy.harness: compiled models on emulated targets agree with the host (torch) simulation of the same bytes."""
+"""nfedge.deploy.run.harness: compiled models on emulated targets agree with the host (torch) simulation of the same bytes."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import torch
 from conftest import cnn_xs_with_bn_stats
 from torch import nn
 
-from nfedge.deploy.build import BuildConfig, build_for_target
-from nfedge.deploy.export import ImageWeightedModel, NeuralFuseFront, image_tensor
-from nfedge.deploy.harness import _explain_exit, run_on_target
+from nfedge.deploy.compile.build import BuildConfig, build_for_target
+from nfedge.deploy.compile.export import ImageWeightedModel, NeuralFuseFront, image_tensor
+from nfedge.deploy.run.harness import _explain_exit, run_on_target
 from nfedge.errors import NfedgeError
 from nfedge.models import create_generator
 from nfedge.sram.image import build_image, with_codes

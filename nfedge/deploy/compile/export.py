@@ -2,7 +2,7 @@
 NeuralFuse front F(x) = clip(x + G(x), -1, 1); ONNX export of both.
 
 `ImageWeightedModel` is the one source of truth for "the base model as the target runs it": the host
-simulation (torch), the ONNX export and the TVM import (nfedge.deploy.build) all trace this module, so one
+simulation (torch), the ONNX export and the TVM import (nfedge.deploy.compile.build) all trace this module, so one
 compiled artifact takes any (faulty) image as an input and every path decodes the same bytes the same way:
 for each manifest tensor, image[offset:offset+numel] -> reshape -> float32 -> * scale(s) (per tensor or
 per output channel), then the float model runs with those weights (biases and BatchNorm stay float).

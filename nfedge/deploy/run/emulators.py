@@ -14,11 +14,10 @@ program or option it likes:
   back ends, devices, plugins, logs, -L outside the known sysroot, stray file names) is refused in one line.
   nfedge adds the I/O options itself (qemu_system_argv), pointing only into the run's temp folder.
 
-Bare-metal guest I/O (firmware_harness/nfedge_rt.h, keep in step): the inputs are one block placed in
-guest memory by `-device loader` (pack_inputs: a 64-byte header with the sample count, then float32
-samples); the outputs are framed records on the CMSDK UART that QEMU writes to uart.bin in the temp folder
-(parse_records); the status is the last record, after which the firmware requests a system reset, which
-`-no-reboot` turns into QEMU's exit.
+Bare-metal guest I/O (nfedge.deploy.guest_io, the protocol's one definition): qemu_system_argv places the
+input block in guest memory with `-device loader` and points the UART at uart.bin in the run's temp folder;
+the status is the last record, after which the firmware requests a system reset, which `-no-reboot` turns
+into QEMU's exit.
 
 Linux guests (user-mode QEMU shares the host kernel) run confined (confined_argv): new user, mount,
 network, IPC, UTS and PID namespaces (unshare --map-root-user) with the root directory set to a folder
@@ -28,7 +27,6 @@ possible the run is refused unless the user trusts the bundle's code (trust_bund
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import re
@@ -38,17 +36,14 @@ import stat
 import struct
 import subprocess
 import time
-import zlib
 from pathlib import Path
-
-import numpy as np
 
 from nfedge.deploy.targets import TargetDescriptor
 from nfedge.errors import NfedgeError
 
-__all__ = ["KNOWN_EMULATORS", "KNOWN_SYSROOTS", "QEMU_SYSTEM_OPTIONS", "QEMU_USER_OPTIONS", "INPUT_HEADER_BYTES",
+__all__ = ["KNOWN_EMULATORS", "KNOWN_SYSROOTS", "QEMU_SYSTEM_OPTIONS", "QEMU_USER_OPTIONS",
            "resolve_emulator", "checked_args", "qemu_system_argv", "confinement", "confined_argv", "is_static_elf",
-           "run_process", "tree_bytes", "pack_inputs", "Record", "parse_records", "REC_SAMPLE", "REC_MESSAGE", "REC_DONE", "REC_EXIT"]
+           "run_process", "tree_bytes"]
 
 KNOWN_EMULATORS = {"qemu-system-arm": "bare-metal", "qemu-aarch64": "linux", "qemu-aarch64-static": "linux"}
 KNOWN_SYSROOTS = ("/usr/aarch64-linux-gnu",)  # Debian's aarch64 cross sysroot (qemu-user -L)
@@ -268,48 +263,3 @@ def run_process(cmd: list[str], cwd: Path, logs: Path, deadline: float, timeout_
             proc.wait()
             raise NfedgeError(problem)
     return proc.returncode, _tail(out_p), _tail(err_p)
-
-
-
-# ------------------------------------------------------------------------ bare-metal guest I/O protocol
-
-
-INPUT_MAGIC, INPUT_VERSION, INPUT_HEADER_BYTES = 0x4E49464E, 1, 64  # "NFIN"; nfedge_rt.h NFEDGE_INPUT_*
-REC_SAMPLE, REC_MESSAGE, REC_DONE, REC_EXIT = b"S", b"M", b"D", b"E"  # nfedge_rt.h NFEDGE_REC_*
-_SYNC = b"NF"
-
-
-def pack_inputs(x: np.ndarray) -> bytes:
-    """The input block for the guest: header (magic, version, count, sample bytes; 64 bytes) + the samples
-    (float32, or int8 for an integer bundle), little-endian."""
-    x = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("<"))
-    n, sample = x.shape[0], x[0].nbytes
-    header = struct.pack("<4I", INPUT_MAGIC, INPUT_VERSION, n, sample).ljust(INPUT_HEADER_BYTES, b"\0")
-    return header + x.tobytes()
-
-
-@dataclasses.dataclass(frozen=True)
-class Record:
-    type: bytes
-    payload: bytes
-
-
-def parse_records(data: bytes) -> tuple[list[Record], int]:
-    """(valid records in order, bytes that were not part of one). Framing: 'NF', type, uint16 LE length,
-    payload, CRC-32 (zlib) of type + length + payload. Bytes between records (a record cut short by a
-    fault, or output that is not nfedge's) are skipped and counted; nothing in them is trusted."""
-    records, junk, i = [], 0, 0
-    while i < len(data):
-        j = data.find(_SYNC, i)
-        if j < 0:
-            junk += len(data) - i
-            break
-        junk += j - i
-        body_end = j + 5 + (int.from_bytes(data[j + 3:j + 5], "little") if j + 5 <= len(data) else 0)
-        if body_end + 4 <= len(data) and zlib.crc32(data[j + 2:body_end]) == int.from_bytes(data[body_end:body_end + 4], "little"):
-            records.append(Record(type=data[j + 2:j + 3], payload=data[j + 5:body_end]))
-            i = body_end + 4
-        else:
-            junk += 1
-            i = j + 1
-    return records, junk

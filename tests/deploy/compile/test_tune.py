@@ -1,4 +1,4 @@
-"""MetaSchedule tuning (nfedge.deploy.tune) and host builds that use the tuning database."""
+"""MetaSchedule tuning (nfedge.deploy.compile.tune) and host builds that use the tuning database."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 from conftest import cnn_xs_with_bn_stats
 from test_cli import assert_one_line_error, nfedge
 
-from nfedge.deploy.build import BuildConfig, build_for_target
-from nfedge.deploy.harness import run_on_target
-from nfedge.deploy.tune import TuneConfig, tune_for_target
-from nfedge.deploy.tuning_db import load_tuning_db
+from nfedge.deploy.compile.build import BuildConfig, build_for_target
+from nfedge.deploy.run.harness import run_on_target
+from nfedge.deploy.compile.tune import TuneConfig, tune_for_target
+from nfedge.deploy.compile.tuning_db import load_tuning_db
 from nfedge.errors import NfedgeError
 from nfedge.sram.image import build_image
 
@@ -70,7 +70,7 @@ def test_missing_database_is_a_clear_error(tmp_path, model_and_image):
 
 def test_unreadable_tables_are_a_clear_error(tmp_path):
     """Tables whose hash matches tune.json but that MetaSchedule cannot parse."""
-    from nfedge.deploy.tuning_db import TABLES, tables_sha256
+    from nfedge.deploy.compile.tuning_db import TABLES, tables_sha256
 
     d = tmp_path / "db"
     d.mkdir()
@@ -118,7 +118,7 @@ def test_tuned_build_gives_the_untuned_outputs(tmp_path, model_and_image, tuned_
 
 @pytest.mark.slow
 def test_tuning_again_reuses_the_database(monkeypatch, model_and_image, tuned_db):
-    import nfedge.deploy.tune
+    import nfedge.deploy.compile.tune
 
     m, image = model_and_image
     before = {p.name: p.read_bytes() for p in tuned_db.path.iterdir()}
@@ -126,7 +126,7 @@ def test_tuning_again_reuses_the_database(monkeypatch, model_and_image, tuned_db
     def no_tuning(*a, **k):
         raise AssertionError("tuned again although every task has a record")
 
-    monkeypatch.setattr(nfedge.deploy.tune, "_run_tuner", no_tuning)
+    monkeypatch.setattr(nfedge.deploy.compile.tune, "_run_tuner", no_tuning)
     again = tune_for_target(TuneConfig(**TINY), m, image, None, tuned_db.path)
     assert again.sha256 == tuned_db.sha256 and len(again.manifest["runs"]) == 1
     assert {p.name: p.read_bytes() for p in tuned_db.path.iterdir()} == before

@@ -3,14 +3,14 @@
     db = tune_for_target(TuneConfig(trials=256), base_model, image, generator, "build/tuning-db")
     build_for_target(BuildConfig(target="host", tuning_db="build/tuning-db"), base_model, image, generator, "build/h")
 
-The host build (nfedge.deploy.build) otherwise runs TVM's default llvm pipeline, which applies no schedule
+The host build (nfedge.deploy.compile.build) otherwise runs TVM's default llvm pipeline, which applies no schedule
 (no vector or parallel loops). Tuning lowers the same Relax graphs the build compiles (legalize, fuse),
 extracts one task per distinct fused PrimFunc and measures candidate schedules on this machine.
 Candidates are compiled in this process: a LocalBuilder worker spends 25-50 s importing
 tvm.s_tir.tensor_intrin before its first build, past MetaSchedule's 30 s worker timeout. They run in one
 LocalRunner process (a crashing candidate cannot take the tuner down).
 
-The database directory's format is nfedge.deploy.tuning_db's.
+The database directory's format is nfedge.deploy.compile.tuning_db's.
 Tuning again into an existing database keeps its records and tunes only the tasks it lacks (none: no
 tuning at all); delete the directory to tune from scratch. Only the host target can be tuned: candidates
 are timed on the machine that runs the tuner.
@@ -31,10 +31,10 @@ from torch import nn
 
 from nfedge import __version__
 from nfedge.config import StageConfig, require
-from nfedge.deploy.build import BuildConfig, check_build_inputs
-from nfedge.deploy.lower import lower_relax, relax_graphs
+from nfedge.deploy.compile.build import BuildConfig, check_build_inputs
+from nfedge.deploy.compile.lower import lower_relax, relax_graphs
 from nfedge.deploy.targets import TargetDescriptor, load_target
-from nfedge.deploy.tuning_db import (
+from nfedge.deploy.compile.tuning_db import (
     MANIFEST,
     MODULE_EQUALITY,
     TABLES,
