@@ -3,8 +3,18 @@
 Builds `--base` + `--generator` (random weights, 8 bits, 1x32x32, the integer programs calibrated on 64 random
 images, as bench/bench_target.py) for `--target` in `--mode`, runs one sample under QEMU with
 `-d in_asm,exec,nochain` added (a trace into a temp folder, which is a developer's tool, not something
-`nfedge faultrun` allows), and sums each executed translation block's instruction count per firmware symbol.
-The total is within a few percent of the SysTick count (QEMU's trace covers boot and I/O too).
+`nfedge faultrun` allows), and counts the instructions of each executed translation block per firmware symbol.
+
+How a block's instructions are counted: QEMU 7.2's disassembler does not know Helium, so `in_asm` prints a 32-bit
+MVE or low-overhead-loop instruction as two lines (a `.byte` halfword, then the second halfword as if it were an
+instruction). The script instead takes the block's halfwords from those lines and counts Thumb encodings (a
+first halfword with bits [15:11] = 0b11101, 0b11110 or 0b11111 starts a 32-bit one). A block is known by its
+host address (QEMU translates blocks at the same guest address several times, e.g. shortened for icount), a
+"Stopped execution" line means the block just logged did not run, and a "cpu_io_recompile" line means it ran only
+up to the instruction the next block starts at (an I/O access).
+
+Only what runs between the SysTick reads is reported (each pair of `nfedge_timer_ticks` calls around base(x),
+G and base(F(x))); the "check" line compares that sum with the SysTick instructions the harness reports.
 
     .venv/bin/python bench/profile_target.py [--target cortex-m55] [--mode integer] [--top 25]
 """
@@ -13,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import itertools
 import re
 import subprocess
 import tempfile
@@ -22,16 +33,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nfedge.deploy.run import harness
 from nfedge.deploy.compile.build import BuildConfig, build_for_target
+from nfedge.deploy.run import harness
 from nfedge.integer.calibrate import INPUT_SCALE, calibrate_programs
 from nfedge.integer.scheme import quantize_to_int8
 from nfedge.models import create_base_model, create_generator
 from nfedge.sram.image import build_image
 
-_TB = re.compile(r"^IN:.*$")
-_ADDR = re.compile(r"^0x([0-9a-f]+):")
-_EXEC = re.compile(r"^Trace \d+: 0x[0-9a-f]+ \[[0-9a-f]+/([0-9a-f]+)/")
+_EXEC = re.compile(r"^Trace \d+: (0x[0-9a-f]+) \[[0-9a-f]+/([0-9a-f]+)/")
+_INSN = re.compile(r"^0x([0-9a-f]+):  ([0-9a-f]{4}(?: [0-9a-f]{4})*)  ")
+_TIMER = "nfedge_timer_ticks"  # the firmware's SysTick read (firmware_harness/startup_cm.c)
+_TOLERANCE = 1e-3  # the check's bound on |profile / SysTick - 1|
 
 
 def symbols(elf: Path) -> tuple[list[int], list[str]]:
@@ -42,32 +54,55 @@ def symbols(elf: Path) -> tuple[list[int], list[str]]:
     return [a for a, _ in rows], [n for _, n in rows]
 
 
-def profile(log: Path, elf: Path) -> Counter:
-    sizes: dict[int, int] = {}
-    execs: Counter = Counter()
-    start = None
+def thumb_starts(pc: int, halfwords: list[int]) -> list[int]:
+    """The addresses of the Thumb instructions in a block of halfwords starting at pc."""
+    starts, i = [], 0
+    while i < len(halfwords):
+        starts.append(pc + 2 * i)
+        i += 2 if halfwords[i] >> 11 in (0b11101, 0b11110, 0b11111) else 1
+    return starts
+
+
+def profile(log: Path, elf: Path) -> tuple[Counter, int]:
+    """(instructions per symbol between the SysTick reads, instructions outside them: boot, I/O, the reads)."""
+    addrs, names = symbols(elf)
+    blocks: dict[str, tuple[str, list[int]]] = {}  # host address -> (symbol, instruction addresses)
+    new_pc, new_hw = None, []  # the block being listed by in_asm
+    per: Counter = Counter()
+    outside = calls = 0
+    last, ran = None, "all"  # the block logged last, and how much of it ran ("all", "none", "to next")
     with open(log, errors="replace") as f:
-        for line in f:
+        for line in itertools.chain(f, ["Trace 0: 0x0 [0/0/"]):  # a sentinel block commits the last one
             m = _EXEC.match(line)
             if m:
-                execs[int(m.group(1), 16)] += 1
-                continue
-            if line.startswith("IN:"):
-                start = None
-                continue
-            m = _ADDR.match(line)
-            if m:
-                a = int(m.group(1), 16)
-                if start is None:
-                    start = a
-                    sizes[start] = 0
-                sizes[start] += 1
-    addrs, names = symbols(elf)
-    per: Counter = Counter()
-    for pc, n in execs.items():
-        i = bisect.bisect_right(addrs, pc) - 1
-        per[names[i] if i >= 0 else "?"] += n * sizes.get(pc, 0)
-    return per
+                host, pc = m.group(1), int(m.group(2), 16)
+                if last is not None:
+                    name, starts, inside = last
+                    n = len(starts) if ran == "all" else 0 if ran == "none" else bisect.bisect_left(starts, pc)
+                    if inside:
+                        per[name] += n
+                    else:
+                        outside += n
+                if new_pc == pc:
+                    i = bisect.bisect_right(addrs, pc) - 1
+                    blocks[host] = (names[i] if i >= 0 else "?", thumb_starts(pc, new_hw))
+                    new_pc = None
+                if host not in blocks and host != "0x0":
+                    raise SystemExit(f"block {host} at {pc:#x} ran before in_asm listed it (a new trace format?)")
+                name, starts = blocks.get(host, ("?", []))
+                timer = name == _TIMER
+                calls += timer and not (last and last[0] == _TIMER)  # a new call of the SysTick read
+                last, ran = (name, starts, calls % 2 == 1 and not timer), "all"
+            elif line.startswith("Stopped execution of TB"):
+                ran = "none"
+            elif line.startswith("cpu_io_recompile"):
+                ran = "to next"
+            elif line.startswith("IN:"):
+                new_pc, new_hw = None, []
+            elif m := _INSN.match(line):
+                new_pc = int(m.group(1), 16) if new_pc is None else new_pc
+                new_hw += [int(h, 16) for h in m.group(2).split()]
+    return per, outside
 
 
 def main() -> None:
@@ -100,14 +135,20 @@ def main() -> None:
             r = harness.run_on_target(b, image.codes.tobytes(), quantize_to_int8(x, INPUT_SCALE) if integer else x)
         finally:
             harness.qemu_system_argv = plain
-        per = profile(log, Path(b.path) / "firmware.elf")
-    total = sum(per.values())
-    print(f"# {a.base} + {a.generator} on {a.target} ({a.mode}): SysTick base {int(r.instructions_base[0]):,}, "
-          f"generator {int(r.instructions_generator[0]):,}; traced {total:,} instructions")
+        per, outside = profile(log, Path(b.path) / "firmware.elf")
+    counts = [int(c[0]) for c in (r.instructions_base, r.instructions_generator, r.instructions_base_nf)
+              if c is not None]
+    total, systick = sum(per.values()), sum(counts)
+    print(f"# {a.base} + {a.generator} on {a.target} ({a.mode}), one sample: SysTick base(x), G, base(F(x)) = "
+          f"{', '.join(f'{c:,}' for c in counts)} instructions; traced {total:,} between the SysTick reads and "
+          f"{outside:,} outside them (boot, I/O)")
     print("| symbol | instructions | share |")
     print("|---|---|---|")
     for name, n in per.most_common(a.top):
         print(f"| {name} | {n:,} | {n / total:.1%} |")
+    ratio = total / systick
+    print(f"check: profile sum {total:,} vs SysTick {systick:,}: ratio {ratio:.5f} "
+          f"({'within' if abs(ratio - 1) <= _TOLERANCE else 'OUTSIDE'} the {_TOLERANCE:.1%} tolerance)")
 
 
 if __name__ == "__main__":

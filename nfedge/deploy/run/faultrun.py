@@ -105,7 +105,6 @@ def faultrun(bundle_dir: str | Path, test: tuple[torch.Tensor, torch.Tensor] | N
         test = t.tensors
     x, y = test[0][: cfg.samples], test[1][: cfg.samples]
     integer = bundle.mode == "integer"
-    programs = _bundle_programs(bundle) if integer else None
     # integer mode: the target takes int8 samples, quantized once here (docs/INTEGER.md); host = the exact reference
     x_target = quantize_to_int8(x.numpy(), INPUT_SCALE) if integer else x.numpy()
     # Each faulty image is made (or read) once: the same bytes go to the emulator and to the host simulation.
@@ -114,9 +113,45 @@ def faultrun(bundle_dir: str | Path, test: tuple[torch.Tensor, torch.Tensor] | N
         images[(i, chip)] = img
         conds[i] = cond
         chips.setdefault(i, []).append(chip)
+    if integer:
+        programs = _bundle_programs(bundle)
+        host = lambda img: _host_integers(programs, img, x_target)  # noqa: E731
+    else:
+        host = lambda img: _host_logits(model, img.dequantized_weights(), gen, x)  # noqa: E731
+    outs = _run_everywhere(bundle, cfg, images, conds, chips, x_target, host, progress, allow_emulator, trust_bundle_code)
+    names = [BASE] + ([gen_name] if gen is not None else [])
+    results, instr = _compare(conds, chips, outs, names, y.numpy())
+    ipi = {k: (int(np.mean(v)) if v else None) for k, v in instr.items()}
+    if ipi["generator"] and ipi["base"]:
+        ipi["generator_overhead"] = ipi["generator"] / ipi["base"]
+    clock = bundle.target.clock_hz
+    est = {k: (v / clock if v and clock else None) for k, v in ipi.items() if k in ("base", "generator", "base_nf")}
+    identical = min(r["agreement"][n]["identical_fraction"] for r in results for n in names)
+    exact = min(r["agreement"][n]["identical_outputs"] for r in results for n in names)
+    # integer mode is exact by construction: any output integer that differs is a failure, whatever the argmax says
+    passed = identical >= cfg.min_agreement and (exact == 1.0 or not integer)
+    base_ref = str(bundle.path / "host" / "base.pt") if meta.get("source") else meta["model"]  # imported: by path
+    return {"config": cfg.to_dict(), "mode": bundle.mode, "target": bundle.target.name, "bits": clean.manifest.bits,
+            "chips": cfg.chips,
+            "samples": int(len(x)), "voltage": [r["voltage"] for r in results], "ber": [r["ber"] for r in results],
+            "generator": gen_name, "results": results,
+            "target_accuracy": {condition_label(r): r["target_accuracy"] for r in results},
+            "host_accuracy": {condition_label(r): r["host_accuracy"] for r in results},
+            "agreement": {"min_identical_fraction": identical,
+                          "max_logit_diff": max(r["agreement"][n]["max_logit_diff"] for r in results for n in names),
+                          "identical_outputs": exact, "threshold": cfg.min_agreement, "passed": passed},
+            "instructions_per_inference": ipi, "estimated_seconds_per_inference": est,
+            "estimate_note": "instructions / clock at 1 instruction per cycle (an estimate: QEMU counts instructions, not cycles)",
+            "energy_saving": _energy_saving(results, bundle, base_ref, gen_name, cfg) if gen_name else None}
+
+
+def _run_everywhere(bundle: Bundle, cfg: FaultrunConfig, images: dict, conds: dict, chips: dict, x_target: np.ndarray,
+                    host, progress: Progress, allow_emulator, trust_bundle_code: bool) -> dict:
+    """{(condition, chip): (target result, host base logits, host NeuralFuse logits)}: the emulator runs in parallel
+    processes (threads only wait on them); the host side runs in the main thread as results arrive."""
     jobs = [(i, conds[i], chip) for i in conds for chip in chips[i]]
 
-    def on_target(job):  # threads only wait on emulator processes; torch stays in the main thread
+    def on_target(job):
         i, cond, chip = job
         where = (f"image {cond['image']}" if cond.get("image") else f"chip {chip} at "
                  + (f"{cond['voltage']} V/Vmin" if cond["voltage"] is not None else f"BER {cond['ber']}"))
@@ -130,15 +165,17 @@ def faultrun(bundle_dir: str | Path, test: tuple[torch.Tensor, torch.Tensor] | N
     bar = progress.manual(f"faultrun on {bundle.target.name}", total=len(jobs), unit="run")
     with ThreadPoolExecutor(max_workers=cfg.jobs) as pool:
         for (i, _, chip), res in zip(jobs, pool.map(on_target, jobs)):
-            # functional_call swaps module parameters in place: never run it from two threads at once
-            hb, hn = (_host_integers(programs, images[(i, chip)], x_target) if integer
-                      else _host_logits(model, images[(i, chip)].dequantized_weights(), gen, x))
-            outs[(i, chip)] = (res, hb, hn)
+            # functional_call swaps module parameters in place: never run the host side from two threads at once
+            outs[(i, chip)] = (res, *host(images[(i, chip)]))
             bar.update(1)
     bar.close()
-    names = [BASE] + ([gen_name] if gen is not None else [])
+    return outs
+
+
+def _compare(conds: dict, chips: dict, outs: dict, names: list[str], y: np.ndarray) -> tuple[list[dict], dict[str, list[int]]]:
+    """Per condition: accuracy on target and host (over chips), their agreement; and every instruction count."""
     results = []
-    instr = {"base": [], "generator": [], "base_nf": []}
+    instr: dict[str, list[int]] = {"base": [], "generator": [], "base_nf": []}
     for i, cond in conds.items():
         tgt = {n: [] for n in names}
         host = {n: [] for n in names}
@@ -146,11 +183,11 @@ def faultrun(bundle_dir: str | Path, test: tuple[torch.Tensor, torch.Tensor] | N
         for chip in chips[i]:
             res, hb, hn = outs[(i, chip)]
             pairs = {BASE: (res.logits_base, hb)}
-            if gen is not None:
-                pairs[gen_name] = (res.logits_nf, hn)
+            if len(names) > 1:
+                pairs[names[1]] = (res.logits_nf, hn)
             for n, (t_l, h_l) in pairs.items():
-                tgt[n].append(100.0 * float((t_l.argmax(1) == y.numpy()).mean()))
-                host[n].append(100.0 * float((h_l.argmax(1) == y.numpy()).mean()))
+                tgt[n].append(100.0 * float((t_l.argmax(1) == y).mean()))
+                host[n].append(100.0 * float((h_l.argmax(1) == y).mean()))
                 logits[n][0].append(t_l)
                 logits[n][1].append(h_l)
             for k, v in (("base", res.instructions_base), ("generator", res.instructions_generator),
@@ -159,36 +196,18 @@ def faultrun(bundle_dir: str | Path, test: tuple[torch.Tensor, torch.Tensor] | N
                     instr[k].extend(int(a) for a in v)
         results.append({**cond, "chips": chips[i], "target_accuracy": {n: summarize(v) for n, v in tgt.items()},
                         "host_accuracy": {n: summarize(v) for n, v in host.items()},
-                        "agreement": {n: _agreement(*logits[n]) for n, v in tgt.items()}})
-    ipi = {k: (int(np.mean(v)) if v else None) for k, v in instr.items()}
-    if ipi["generator"] and ipi["base"]:
-        ipi["generator_overhead"] = ipi["generator"] / ipi["base"]
-    clock = bundle.target.clock_hz
-    est = {k: (v / clock if v and clock else None) for k, v in ipi.items() if k in ("base", "generator", "base_nf")}
-    identical = min(r["agreement"][n]["identical_fraction"] for r in results for n in names)
-    exact = min(r["agreement"][n]["identical_outputs"] for r in results for n in names)
-    # integer mode is exact by construction: any output integer that differs is a failure, whatever the argmax says
-    passed = identical >= cfg.min_agreement and (exact == 1.0 or not integer)
-    energy = None
-    if gen_name:
-        shape = "x".join(str(v) for v in bundle.input_shape)
-        energy = {}
-        for r in results:
-            if r["voltage"] is None:
-                continue
-            base_ref = str(bundle.path / "host" / "base.pt") if meta.get("source") else meta["model"]  # imported: by path
-            e = estimate_energy(EnergyConfig(base=base_ref, generator=gen_name, input=shape,
-                                             classes=bundle.num_classes, voltage=r["voltage"], calibration=cfg.calibration))
-            energy[str(r["voltage"])] = {"ES": e["energy_saving"], "MAC_ES": e["mac_energy_saving"]}
-    return {"config": cfg.to_dict(), "mode": bundle.mode, "target": bundle.target.name, "bits": clean.manifest.bits,
-            "chips": cfg.chips,
-            "samples": int(len(x)), "voltage": [r["voltage"] for r in results], "ber": [r["ber"] for r in results],
-            "generator": gen_name, "results": results,
-            "target_accuracy": {condition_label(r): r["target_accuracy"] for r in results},
-            "host_accuracy": {condition_label(r): r["host_accuracy"] for r in results},
-            "agreement": {"min_identical_fraction": identical,
-                          "max_logit_diff": max(r["agreement"][n]["max_logit_diff"] for r in results for n in names),
-                          "identical_outputs": exact, "threshold": cfg.min_agreement, "passed": passed},
-            "instructions_per_inference": ipi, "estimated_seconds_per_inference": est,
-            "estimate_note": "instructions / clock at 1 instruction per cycle (an estimate: QEMU counts instructions, not cycles)",
-            "energy_saving": energy}
+                        "agreement": {n: _agreement(*logits[n]) for n in names}})
+    return results, instr
+
+
+def _energy_saving(results: list[dict], bundle: Bundle, base_ref: str, gen_name: str, cfg: FaultrunConfig) -> dict:
+    """ES and MAC-ES (paper Eq. 6, 7) at every voltage condition, for the bundle's base model and generator."""
+    shape = "x".join(str(v) for v in bundle.input_shape)
+    energy = {}
+    for r in results:
+        if r["voltage"] is None:
+            continue
+        e = estimate_energy(EnergyConfig(base=base_ref, generator=gen_name, input=shape, classes=bundle.num_classes,
+                                         voltage=r["voltage"], calibration=cfg.calibration))
+        energy[str(r["voltage"])] = {"ES": e["energy_saving"], "MAC_ES": e["mac_energy_saving"]}
+    return energy

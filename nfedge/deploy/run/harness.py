@@ -179,12 +179,14 @@ def _outputs_per_sample(bundle: Bundle) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Plan:
+class _Launch:
+    """How nfedge would start a bundle's code: which emulator, confined or not (decided before anything runs)."""
+
     emulator: str | None  # resolved emulator path (None: host, nfedge's own runner)
     unshare: str | None  # Linux: unshare's path when the guest runs confined, None: unconfined (trusted)
 
 
-def _plan(bundle: Bundle, allow_emulator, trust: bool) -> _Plan:
+def _launch(bundle: Bundle, allow_emulator, trust: bool) -> _Launch:
     t = bundle.target
     what = f"target {t.name} ({bundle.path})"
     if t.kind == "host":
@@ -192,11 +194,11 @@ def _plan(bundle: Bundle, allow_emulator, trust: bool) -> _Plan:
             raise NfedgeError(f"{what}: a host bundle is native code (its .so files would run in a Python process on "
                               "this machine, unconfined); pass trust_bundle_code=True (`nfedge faultrun "
                               "--trust-bundle-code`) only for a bundle you built or trust")
-        return _Plan(None, None)
+        return _Launch(None, None)
     emu = resolve_emulator(t, allow_emulator)
     checked_args(t)
     if t.is_bare_metal:
-        return _Plan(emu, None)
+        return _Launch(emu, None)
     unshare, why = confinement()
     if unshare is not None and not is_static_elf(emu):
         unshare, why = None, f"{emu} is not statically linked (install qemu-user-static)"
@@ -204,20 +206,20 @@ def _plan(bundle: Bundle, allow_emulator, trust: bool) -> _Plan:
         raise NfedgeError(f"{what}: cannot confine the Linux guest here ({why}), and user-mode QEMU gives it the host's "
                           "system calls; pass trust_bundle_code=True (`nfedge faultrun --trust-bundle-code`) to run it "
                           "unconfined, only for a bundle you built or trust")
-    return _Plan(emu, unshare)
+    return _Launch(emu, unshare)
 
 
 def check_runnable(bundle: Bundle, allow_emulator: str | Path | None = None, trust_bundle_code: bool = False) -> None:
     """Refuse, with a one-line NfedgeError and before anything runs, a bundle that nfedge would not run as asked:
     an unknown emulator (unless allow_emulator names it), a refused emulator argument, a host bundle without
     trust_bundle_code, a Linux bundle that cannot be confined here without trust_bundle_code."""
-    _plan(bundle, allow_emulator, trust_bundle_code)
+    _launch(bundle, allow_emulator, trust_bundle_code)
 
 
-def _run_bare_metal(bundle: Bundle, plan: _Plan, data: bytes, x: np.ndarray, deadline: float, timeout_s: float,
+def _run_bare_metal(bundle: Bundle, launch: _Launch, data: bytes, x: np.ndarray, deadline: float, timeout_s: float,
                     what: str) -> tuple[np.ndarray, np.ndarray, str, int]:
     t = bundle.target
-    qemu = plan.emulator
+    qemu = launch.emulator
     per = _outputs_per_sample(bundle)
     record = RECORD_FRAMING_BYTES + sample_payload_bytes(per)
     cap = max(1, (t.input.length - INPUT_HEADER_BYTES) // x[0].nbytes)  # samples per pass
@@ -287,7 +289,7 @@ def _read_exact(path: Path, dtype, count: int, what: str) -> np.ndarray:
     return arr.view(dtype)
 
 
-def _run_with_files(bundle: Bundle, plan: _Plan, data: bytes, x: np.ndarray, deadline: float, timeout_s: float,
+def _run_with_files(bundle: Bundle, launch: _Launch, data: bytes, x: np.ndarray, deadline: float, timeout_s: float,
                     what: str) -> tuple[np.ndarray, np.ndarray, str, int | None]:
     """Linux and host targets: input.bin/image.bin in, logits.bin/ticks.bin and a done line out."""
     t = bundle.target
@@ -302,12 +304,12 @@ def _run_with_files(bundle: Bundle, plan: _Plan, data: bytes, x: np.ndarray, dea
             cmd = [sys.executable, "-m", "nfedge.deploy.run.host_runner", str(bundle.path), str(work)]
         else:
             _copy_verified(bundle, "run", work / "runner")
-            if plan.unshare is not None:
-                shutil.copyfile(plan.emulator, work / "emulator")  # a copy, not a link: the guest may write its root
+            if launch.unshare is not None:
+                shutil.copyfile(launch.emulator, work / "emulator")  # a copy, not a link: the guest may write its root
                 (work / "emulator").chmod(0o755)
-                cmd = confined_argv(plan.unshare, work, t, "/emulator", "/runner")
+                cmd = confined_argv(launch.unshare, work, t, "/emulator", "/runner")
             else:  # trusted and unconfinable: as before this change, in the run's folder
-                cmd = [plan.emulator, *(["-cpu", t.emulator.cpu] if t.emulator.cpu else []), *checked_args(t),
+                cmd = [launch.emulator, *(["-cpu", t.emulator.cpu] if t.emulator.cpu else []), *checked_args(t),
                        str(work / "runner")]
         limit = tree_bytes([work]) + _OUTPUT_SLACK + n * (4 * per + 8 * TICKS_PER_SAMPLE)
         rc, out, err = run_process(cmd, work, d, deadline, timeout_s, what, [work], limit)
@@ -340,14 +342,14 @@ def run_on_target(bundle_dir: str | Path | Bundle, image, inputs, timeout_s: flo
     t = bundle.target
     k = bundle.num_classes
     what = f"target {t.name} ({bundle.path})"
-    plan = _plan(bundle, allow_emulator, trust_bundle_code)  # refuse before anything is written or run
+    launch = _launch(bundle, allow_emulator, trust_bundle_code)  # refuse before anything is written or run
     progress.info(f"run: {x.shape[0]} sample(s) on {t.name}")
     t0 = time.perf_counter()
     deadline = time.monotonic() + timeout_s
     if t.is_bare_metal:
-        logits, ticks, out, peak = _run_bare_metal(bundle, plan, data, x, deadline, timeout_s, what)
+        logits, ticks, out, peak = _run_bare_metal(bundle, launch, data, x, deadline, timeout_s, what)
     else:
-        logits, ticks, out, peak = _run_with_files(bundle, plan, data, x, deadline, timeout_s, what)
+        logits, ticks, out, peak = _run_with_files(bundle, launch, data, x, deadline, timeout_s, what)
     wall = time.perf_counter() - t0
     ipt = t.instructions_per_tick
     instr = None if ipt is None else np.rint(ticks * ipt).astype(np.int64)

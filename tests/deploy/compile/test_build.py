@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from nfedge.deploy.compile.build import BuildConfig, build_for_target
+from nfedge.deploy.compile.build import BuildConfig, build_bundle, build_for_target
 from nfedge.deploy.bundle import load_bundle
 from nfedge.deploy.targets import list_targets, load_target
 from nfedge.errors import NfedgeError
@@ -183,3 +183,11 @@ def test_host_build_writes_libraries(tmp_path):
     b = build_for_target(BuildConfig(target="host"), m, build_image(m, 8), None, tmp_path / "host")
     assert (b.path / "base.so").is_file() and b.manifest["entry"]["run"] == "base.so"
     assert b.kind == "host"
+
+
+def test_build_bundle_refuses_an_input_shape_its_checkpoint_does_not_take(fr_bundle, tmp_path):
+    """build_bundle takes the checkpoint's input shape; a different one in the config is an error, not replaced."""
+    with pytest.raises(NfedgeError, match=r"input shape \(3, 32, 32\).*takes \(1, 32, 32\)"):
+        build_bundle(BuildConfig(target="cortex-m55", input_shape=(3, 32, 32)), fr_bundle / "base" / "base.pt",
+                     fr_bundle / "img", None, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
