@@ -14,7 +14,7 @@
 
 #include <tvm/ffi/c_api.h>
 
-/* Exit codes shared with nfedge/deploy/run/harness.py */
+/* Exit codes: nfedge/deploy/guest_io.py EXIT_REASONS (tests/deploy/test_guest_io.py keeps the two equal) */
 #define NFEDGE_EXIT_OK 0
 #define NFEDGE_EXIT_IO 2        /* reading the inputs or writing the outputs failed */
 #define NFEDGE_EXIT_OPERATOR 3  /* a compiled operator returned non-zero */
@@ -40,10 +40,11 @@ uint64_t nfedge_timer_ticks(void);
 #ifdef NFEDGE_UART_ADDR
 /* Bare-metal target I/O (firmware_harness/startup_cm.c): no semihosting, so the guest never reaches the
  * host. Inputs: a block at NFEDGE_INPUT_ADDR placed by QEMU's -device loader (header below, then the
- * float32 samples from NFEDGE_INPUT_HEADER on). Outputs: framed records on the CMSDK APB UART at
+ * samples from NFEDGE_INPUT_HEADER on: float32, or int8 for an integer build). Outputs: framed records on the CMSDK APB UART at
  * NFEDGE_UART_ADDR, which QEMU captures into a file in the run's temp folder. Each record is
  *   'N' 'F' | type (1 byte) | payload length (uint16 LE) | payload | CRC-32 (zlib) of type, length, payload
- * (parsed by nfedge/deploy/run/emulators.py; keep the two in step). */
+ * (the protocol's one definition on the host: nfedge/deploy/guest_io.py, checked against this file by
+ * tests/deploy/test_guest_io.py). */
 #define NFEDGE_INPUT_MAGIC 0x4E49464Eu /* "NFIN" */
 #define NFEDGE_INPUT_VERSION 1u
 #define NFEDGE_INPUT_HEADER 64u /* bytes before the first sample */
@@ -51,7 +52,7 @@ typedef struct {
   uint32_t magic, version, count, sample_bytes; /* count samples of sample_bytes each */
 } nfedge_input_header;
 
-#define NFEDGE_REC_SAMPLE 'S'  /* uint32 index, float32 logits[K or 2K], uint64 ticks[3] */
+#define NFEDGE_REC_SAMPLE 'S'  /* uint32 index, logits[K or 2K] (float32; int32 in integer mode), uint64 ticks[3] */
 #define NFEDGE_REC_MESSAGE 'M' /* text (an error or fault line) */
 #define NFEDGE_REC_DONE 'D'    /* uint32 samples, uint32 workspace peak bytes */
 #define NFEDGE_REC_EXIT 'E'    /* uint32 exit status (NFEDGE_EXIT_*): always the last record */

@@ -1,25 +1,33 @@
-"""Bare-metal and Cortex-A code generation: the fused Relax program planned into a static arena and
-written out as C (model.c / model.h) that calls the TVM-built operators in order through the tvm-ffi
-safe-call ABI, plus the linker memory map of a bare-metal target.
+"""Bare-metal and Cortex-A code generation: the fused Relax graph laid out as its operator calls in order over a
+static arena (layout_graph; the arena offsets by assign_arena_offsets, which knows nothing of TVM) and written out
+as C (model.c / model.h) that calls the TVM-built operators through the tvm-ffi safe-call ABI, plus the linker
+memory map of a bare-metal target.
+
+Words: a "layout" here is not an operating point ("plan", nfedge.analysis.plan) and not an integer "Program"
+(nfedge.integer.program); it is one graph's calls, tensors and arena offsets.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from nfedge.deploy.targets import TargetDescriptor
 from nfedge.errors import NfedgeError
 
-__all__ = ["ALIGN", "Program", "plan_program", "generate_c", "memory_ld", "c_symbol"]
+__all__ = ["ALIGN", "ArenaTensor", "GraphLayout", "Lifetime", "arena_lifetimes", "assign_arena_offsets", "layout_graph",
+           "generate_c", "memory_ld", "c_symbol"]
 
 ALIGN = 16  # arena / constant alignment (bytes)
 
 
 @dataclasses.dataclass
-class PlannedTensor:
+class ArenaTensor:
+    """One tensor of a laid-out graph and where its bytes live: a run argument (input/output), a constant array
+    in model.c, or `offset` bytes into the static arena."""
     key: int
     shape: tuple[int, ...]
     dtype: str
@@ -34,16 +42,52 @@ class PlannedTensor:
 
 
 @dataclasses.dataclass
-class Program:
+class GraphLayout:
+    """One graph (base model or generator) ready for C: its operator calls in execution order over a static
+    arena of `arena_bytes`, every tensor's storage, and the PrimFuncs the calls name."""
     name: str  # base | generator
     prefix: str  # C symbol prefix
-    inputs: list[PlannedTensor]
-    output: PlannedTensor
+    inputs: list[ArenaTensor]
+    output: ArenaTensor
     calls: list[tuple[str, list[int]]]  # (PrimFunc name, tensor keys: inputs..., output)
-    tensors: dict[int, PlannedTensor]
+    tensors: dict[int, ArenaTensor]
     arena_bytes: int
     workspace_bound: int
     prim_funcs: dict[str, Any]  # name -> PrimFunc
+
+
+class Lifetime(NamedTuple):
+    """An arena buffer for assign_arena_offsets: its size and the steps (call indices) it is live over, both ends
+    included: written at `first`, last read at `last` (== first when nothing reads it)."""
+    nbytes: int
+    first: int
+    last: int
+
+
+def assign_arena_offsets(buffers: Sequence[Lifetime]) -> tuple[list[int], int]:
+    """(offset of each buffer, arena bytes): first fit over liveness intervals, buffers taken by their first step
+    (ties in the given order). Two buffers whose [first, last] intervals meet never share a byte: an operator's
+    inputs are still live at the step that writes its output, so it never overwrites what it reads. Sizes are
+    rounded up to ALIGN, so every offset and the arena size are multiples of ALIGN."""
+    for b in buffers:
+        if b.nbytes < 0 or b.last < b.first:
+            raise ValueError(f"invalid arena buffer {b}: needs nbytes >= 0 and last >= first")
+    offsets = [-1] * len(buffers)
+    live: list[tuple[int, int, int]] = []  # (offset, rounded size, last step)
+    arena = 0
+    for i in sorted(range(len(buffers)), key=lambda i: (buffers[i].first, i)):
+        step = buffers[i].first
+        live = [iv for iv in live if iv[2] >= step]  # those last read before this step free their bytes
+        size = -(-buffers[i].nbytes // ALIGN) * ALIGN
+        off = 0
+        for o, s, _ in sorted(live):  # the lowest gap between live buffers that holds this one
+            if off + size <= o:
+                break
+            off = max(off, o + s)
+        offsets[i] = off
+        live.append((off, size, buffers[i].last))
+        arena = max(arena, off + size)
+    return offsets, arena
 
 
 def _shape_of(ty) -> tuple[int, ...]:
@@ -53,19 +97,22 @@ def _shape_of(ty) -> tuple[int, ...]:
         raise NfedgeError(f"only static shapes can be compiled for a bare-metal target (got {ty})") from None
 
 
-def plan_program(mod, name: str, prefix: str) -> Program:
+def _walk_graph(mod, name: str) -> tuple[dict[int, ArenaTensor], list[ArenaTensor],
+                                         dict[int, tuple[str, list[int]]], int]:
+    """(tensors by key, the inputs, {output key: (PrimFunc name, keys: inputs..., output)}, the graph's output key)
+    of a lowered Relax module whose main is a flat sequence of call_tir bindings (anything else is refused)."""
     import tvm
     from tvm import relax
 
     func = mod["main"]
     call_tir = tvm.ir.Op.get("relax.call_tir")
-    tensors: dict[int, PlannedTensor] = {}
+    tensors: dict[int, ArenaTensor] = {}
     by_var: dict[Any, int] = {}
     counter = iter(range(1 << 30))
 
     def new(shape, dtype, kind, nm="", const=None) -> int:
         k = next(counter)
-        tensors[k] = PlannedTensor(k, tuple(shape), str(dtype), kind, nm, const=const)
+        tensors[k] = ArenaTensor(k, tuple(shape), str(dtype), kind, nm, const=const)
         return k
 
     inputs = []
@@ -108,8 +155,12 @@ def plan_program(mod, name: str, prefix: str) -> Program:
         raise NfedgeError(f"{name}: the graph must end in an operator producing one tensor")
     out_key = by_var[ret]
     tensors[out_key].kind = "output"
+    return tensors, inputs, producers, out_key
 
-    # schedule: depth-first from the output, so each weight is decoded right before its first use
+
+def _order_calls(producers: dict[int, tuple[str, list[int]]], out_key: int) -> list[tuple[str, list[int]]]:
+    """The calls the output needs, depth-first from it, so each weight is decoded right before its first use
+    (and an operator nothing reads is dropped)."""
     order: list[int] = []
     seen: set[int] = set()
 
@@ -122,29 +173,28 @@ def plan_program(mod, name: str, prefix: str) -> Program:
         order.append(k)
 
     visit(out_key)
-    calls = [producers[k] for k in order]
+    return [producers[k] for k in order]
 
-    # arena: first fit over liveness intervals (an operator's inputs and output never share bytes)
+
+def arena_lifetimes(calls: list[tuple[str, list[int]]], tensors: dict[int, ArenaTensor]) -> list[tuple[int, Lifetime]]:
+    """(key, lifetime) of every arena tensor, in call order: written by its call, live up to its last reader."""
     last_use: dict[int, int] = {}
     for step, (_, keys) in enumerate(calls):
         for a in keys[:-1]:
             last_use[a] = step
-    live: list[tuple[int, int, int]] = []  # (offset, size, last step)
-    arena = 0
-    for step, (_, keys) in enumerate(calls):
-        out = tensors[keys[-1]]
-        if out.kind != "arena":
-            continue
-        live = [iv for iv in live if iv[2] >= step]
-        size = -(-out.nbytes // ALIGN) * ALIGN
-        off = 0
-        for o, s, _ in sorted(live):
-            if off + size <= o:
-                break
-            off = max(off, o + s)
-        out.offset = off
-        live.append((off, size, last_use.get(out.key, step)))
-        arena = max(arena, off + size)
+    return [(keys[-1], Lifetime(tensors[keys[-1]].nbytes, step, last_use.get(keys[-1], step)))
+            for step, (_, keys) in enumerate(calls) if tensors[keys[-1]].kind == "arena"]
+
+
+def layout_graph(mod, name: str, prefix: str) -> GraphLayout:
+    """A lowered Relax module as a GraphLayout: walked into calls and tensors, the calls ordered, and the arena
+    tensors given offsets; `prefix` names its symbols in C (two graphs share one firmware)."""
+    tensors, inputs, producers, out_key = _walk_graph(mod, name)
+    calls = _order_calls(producers, out_key)
+    lifetimes = arena_lifetimes(calls, tensors)
+    offsets, arena = assign_arena_offsets([life for _, life in lifetimes])
+    for (key, _), off in zip(lifetimes, offsets):
+        tensors[key].offset = off
 
     prims = {}
     ws = 0
@@ -152,8 +202,8 @@ def plan_program(mod, name: str, prefix: str) -> Program:
         f = mod[fname]
         prims[fname] = f
         ws = max(ws, _alloc_bound(f))
-    return Program(name=name, prefix=prefix, inputs=inputs, output=tensors[out_key], calls=calls,
-                    tensors=tensors, arena_bytes=arena, workspace_bound=ws, prim_funcs=prims)
+    return GraphLayout(name=name, prefix=prefix, inputs=inputs, output=tensors[out_key], calls=calls,
+                       tensors=tensors, arena_bytes=arena, workspace_bound=ws, prim_funcs=prims)
 
 
 def _alloc_bound(prim) -> int:
@@ -207,10 +257,10 @@ def c_symbol(prefix: str, fname: str) -> str:
     return f"{prefix}{fname}"
 
 
-def generate_c(programs: list[Program], image_bytes: int, input_shape, num_classes: int, arena_bytes: int,
+def generate_c(layouts: list[GraphLayout], image_bytes: int, input_shape, num_classes: int, arena_bytes: int,
                 workspace_bytes: int) -> tuple[str, str]:
-    has_gen = any(p.name == "generator" for p in programs)
-    base = next(p for p in programs if p.name == "base")
+    has_gen = any(p.name == "generator" for p in layouts)
+    base = next(p for p in layouts if p.name == "base")
     # weight-only mode: float32 samples and logits; integer mode: int8 samples (and F(x)), int32 logits
     in_t, out_t = _c_type(base.inputs[0].dtype), _c_type(base.output.dtype)
     h = [
@@ -234,7 +284,7 @@ def generate_c(programs: list[Program], image_bytes: int, input_shape, num_class
          f"static uint8_t nfedge_workspace[{max(workspace_bytes, ALIGN)}] __attribute__((aligned({ALIGN})));",
          "", "void nfedge_model_init(void) { nfedge_workspace_init(nfedge_workspace, sizeof(nfedge_workspace)); }",
          ""]
-    for p in programs:
+    for p in layouts:
         for fname in p.prim_funcs:
             c.append(f"extern int __tvm_ffi_{c_symbol(p.prefix, fname)}(void *, const TVMFFIAny *, int32_t, TVMFFIAny *);")
         c.append("")

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nfedge.deploy.compile.codegen import c_symbol, generate_c, memory_ld, plan_program
+from nfedge.deploy.compile.codegen import c_symbol, generate_c, layout_graph, memory_ld
 from nfedge.deploy.compile.lower import lower_relax
 from nfedge.deploy.compile.toolchain import firmware_dir, run_tool, section_sizes, tvm_ffi_include, which_tool
 from nfedge.deploy.targets import TargetDescriptor
@@ -35,7 +35,7 @@ def link_firmware(cfg, target: TargetDescriptor, tvm_target, relax_mods: dict, t
         lowered = lower_relax(mod, tvm_target, cfg.schedule)
         (tmp / "relax" / f"{name}.py").write_text(lowered.script(show_meta=False))
         prefix = "nfb_" if name == "base" else "nfg_"
-        prog = plan_program(lowered, name, prefix)
+        prog = layout_graph(lowered, name, prefix)
         programs.append(prog)
         for fname, f in prog.prim_funcs.items():
             sym = c_symbol(prefix, fname)
