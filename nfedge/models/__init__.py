@@ -6,7 +6,7 @@ Adding a model is one `@BASE_MODELS.register(name)` (or GENERATORS) function in 
 imported below (the registries themselves live in nfedge.models.registry).
 """
 
-from nfedge.models import generators, small, zoo  # noqa: F401 - registration side effects
+from nfedge.models import generators, small, tiny, zoo  # noqa: F401 - registration side effects
 from nfedge.models.registry import (
                                     BASE_MODELS,
                                     GENERATORS,

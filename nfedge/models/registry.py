@@ -1,5 +1,5 @@
 """The base-model and generator registries (timm-style create/list). Entries are added by the modules of
-this package (small, zoo, generators), which nfedge.models imports; a new one is one decorated function."""
+this package (small, tiny, zoo, generators), which nfedge.models imports; a new one is one decorated function."""
 
 from __future__ import annotations
 
