@@ -1,4 +1,9 @@
-"""The pipeline's stage bodies: each reads the previous stages' files and writes its own directory."""
+"""The stages `nfedge run` chains: each is one function `run(config, inputs, out_dir, progress)` over its own config
+dataclass. `inputs` maps each earlier stage it reads to that stage's directory ({variant: directory} for a stage run
+once per generator or target mode); a stage reads their files and writes its own directory. The run's table
+(nfedge.pipeline.STAGES) says which config and inputs each stage gets; everything but the config is read from the
+inputs' files (the data set from the base checkpoint), so the config and the inputs' keys are all a stage depends on.
+"""
 
 from __future__ import annotations
 
@@ -11,133 +16,190 @@ import torch
 
 from nfedge.analysis.energy import EnergyConfig, estimate_energy
 from nfedge.analysis.evaluate import EvaluateConfig, evaluate
-from nfedge.analysis.plan import plan_markdown, plan_operating_points
-from nfedge.analysis.plan_plot import write_plot
+from nfedge.analysis.plan import PlanConfig, plan_markdown, plan_operating_points
+from nfedge.analysis.plan_plot import plot_png
 from nfedge.analysis.report import write_report
-from nfedge.data import load_dataset
+from nfedge.config import StageConfig, require
+from nfedge.data import DataConfig, load_dataset
 from nfedge.deploy.compile.build import BuildConfig, build_bundle
 from nfedge.deploy.run.faultrun import FaultrunConfig, faultrun
 from nfedge.errors import NfedgeError
-from nfedge.fileio import atomic_write_json, atomic_write_text, sha256_file
+from nfedge.fileio import atomic_write_files, atomic_write_json, json_bytes, sha256_file
 from nfedge.progress import Progress
+from nfedge.quant import check_bits
 from nfedge.sram.calibration import DEFAULT_CALIBRATION
 from nfedge.sram.image import QuantizeConfig, quantize_to_image, read_image, write_image
-from nfedge.train.base import train_base
-from nfedge.train.checkpoint import load_checkpoint
-from nfedge.train.eopm import load_generator, save_generator, train_generator
+from nfedge.train.base import TrainBaseConfig, train_base
+from nfedge.train.checkpoint import checkpoint_data, load_checkpoint
+from nfedge.train.eopm import EOPMConfig, load_generator, save_generator, train_generator
 from nfedge.train.import_model import adopt_checkpoint
 
+Inputs = dict[str, Any]  # stage name -> its directory, or {variant: directory} in run order
 
-def train_base_stage(cfg, d: Path, progress: Progress) -> dict[str, Any]:
-    path = train_base(cfg.base, d, progress)
+
+@dataclasses.dataclass(frozen=True)
+class RunPlanConfig(StageConfig):
+    """The plan stage: `nfedge plan` on the run's base model, its image and every generator (docs/PLANNER.md)."""
+
+    enabled: bool = True
+    floor_drop: float = 2.0  # the floor: the base model's clean accuracy minus this many points
+    quantile: float = 0.05  # the chip quantile that must meet it (0.05 of 20 chips: the worst)
+    chips: int = 20  # search chips 0..chips-1
+    confirm_chips: int = 20  # fresh chips re-measured at each voltage found
+    # Test images (a seeded subset; None: the whole set), sized for the main job's 20 minutes on 2 cores
+    # (README: the plan stage's measured time).
+    test_limit: int | None = 1000
+    curve_step: float = 0.01  # the plot's voltage grid (V/Vmin)
+    ecc: bool = True  # plan the base model behind SECDED (72,64) too
+
+    def validate(self) -> None:
+        require(self.test_limit is None or (isinstance(self.test_limit, int) and self.test_limit >= 1),
+                f"plan.test_limit must be a number of test images >= 1 or null, got {self.test_limit!r}")
+        self.planner()  # PlanConfig's checks (chips >= 5, quantile in (0, 1), ...)
+
+    def planner(self, base: str = "cnn-s", classes: int = 10, fault: str = "flip",
+                calibration: str = DEFAULT_CALIBRATION) -> PlanConfig:
+        return PlanConfig(base=base, classes=classes, floor_drop=self.floor_drop, quantile=self.quantile,
+                          chips=self.chips, confirm_chips=self.confirm_chips, fault=fault, calibration=calibration,
+                          ecc=self.ecc, curve=True, curve_step=self.curve_step)
+
+
+@dataclasses.dataclass(frozen=True)
+class AdoptConfig(StageConfig):
+    """The base stage from a user's checkpoint (e.g. from import-model) instead of training one."""
+
+    checkpoint: str  # its path (its content enters the stage key)
+    data: DataConfig = DataConfig()  # the test set its accuracy is measured on, recorded in the run's copy
+    bits: int = 8
+
+    def validate(self) -> None:
+        require(isinstance(self.checkpoint, str) and bool(self.checkpoint), "the base checkpoint's path is empty")
+        check_bits(self.bits)
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanStageConfig(StageConfig):
+    plan: RunPlanConfig = RunPlanConfig()
+    fault: str = "flip"
+    calibration: str = DEFAULT_CALIBRATION
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateStageConfig(StageConfig):
+    sweep: EvaluateConfig  # voltages x chips, fault model, SRAM table
+    test_limit: int | None = None  # a seeded subset of the test set (None: all of it)
+
+
+def train_base_stage(c: TrainBaseConfig, inputs: Inputs, d: Path, progress: Progress) -> dict[str, Any]:
+    path = train_base(c, d, progress)
     _, meta = load_checkpoint(path)
     return {"test_accuracy": meta["meta"]["test_accuracy"]}
 
 
-def adopt_base_stage(cfg, d: Path, progress: Progress) -> dict[str, Any]:
+def adopt_base_stage(c: AdoptConfig, inputs: Inputs, d: Path, progress: Progress) -> dict[str, Any]:
     """The user's own base checkpoint instead of train-base (see nfedge.train.import_model.adopt_checkpoint)."""
-    acc = adopt_checkpoint(cfg.base_checkpoint, cfg.base.data, cfg.bits, d / "base.pt", progress)
-    return {"test_accuracy": acc, "adopted_from": str(cfg.base_checkpoint)}
+    acc = adopt_checkpoint(c.checkpoint, c.data, c.bits, d / "base.pt", progress)
+    return {"test_accuracy": acc, "adopted_from": c.checkpoint}
 
 
-def quantize_stage(base_dir: Path, cfg, d: Path) -> dict[str, Any]:
-    model, _ = load_checkpoint(base_dir / "base.pt")
-    image = quantize_to_image(model, QuantizeConfig(bits=cfg.bits), source_sha256=sha256_file(base_dir / "base.pt"))
+def quantize_stage(c: QuantizeConfig, inputs: Inputs, d: Path, progress: Progress) -> dict[str, Any]:
+    base = inputs["base"] / "base.pt"
+    model, _ = load_checkpoint(base)
+    image = quantize_to_image(model, c, source_sha256=sha256_file(base))
     write_image(image, d / "image")
     return {"image_sha256": image.manifest.image_sha256, "bytes": image.manifest.total_bytes}
 
 
-def train_generator_stage(cfg, name: str, base_dir: Path, image_dir: Path, d: Path, progress: Progress) -> dict[str, Any]:
-    model, meta = load_checkpoint(base_dir / "base.pt")
-    image = read_image(image_dir / "image")
-    train, _, info = load_dataset(cfg.base.data)
-    ecfg = dataclasses.replace(cfg.eopm, generator=name, calibration=cfg.calibration)
-    gen, log = train_generator(ecfg, [(model, image)], train, info.channels, info.image_size, progress)
-    meta = {"config": ecfg.to_dict(), **log, "image_sha256": image.manifest.image_sha256}
-    save_generator(d / "generator.pt", gen, name, info.channels, info.image_size, meta)
+def _base(inputs: Inputs) -> tuple[torch.nn.Module, dict[str, Any], DataConfig]:
+    """The base model, its checkpoint metadata and the data set it records (train-base's, or the adopted one's)."""
+    model, meta = load_checkpoint(inputs["base"] / "base.pt")
+    return model, meta, checkpoint_data(meta, inputs["base"] / "base.pt")
+
+
+def train_generator_stage(c: EOPMConfig, inputs: Inputs, d: Path, progress: Progress) -> dict[str, Any]:
+    model, _, data = _base(inputs)
+    image = read_image(inputs["image"] / "image")
+    train, _, info = load_dataset(data)
+    gen, log = train_generator(c, [(model, image)], train, info.channels, info.image_size, progress)
+    meta = {"config": c.to_dict(), **log, "image_sha256": image.manifest.image_sha256}
+    save_generator(d / "generator.pt", gen, c.generator, info.channels, info.image_size, meta)
     return {"steps": log["steps"]}
 
 
-def test_tensors(cfg, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def test_tensors(data: DataConfig, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The test set (or its first `limit` images of a seeded subset): the same images on host and target."""
-    data = dataclasses.replace(cfg.base.data, test_limit=limit) if limit is not None else cfg.base.data
-    _, test, _ = load_dataset(data)
+    _, test, _ = load_dataset(dataclasses.replace(data, test_limit=limit) if limit is not None else data)
     return test.tensors
 
 
-def _energy_base(cfg, base_dir: Path) -> str:
+def _energy_base(inputs: Inputs, meta: dict[str, Any]) -> str:
     """What `nfedge energy --base` counts: the registered model, or a user's model by its checkpoint."""
-    return str(base_dir / "base.pt") if cfg.base_checkpoint else cfg.base.model
+    return str(inputs["base"] / "base.pt") if meta["meta"].get("adopted_from") else meta["model"]
 
 
-def plan_stage(cfg, base_dir: Path, image_dir: Path, gen_dirs: dict[str, Path], d: Path, progress: Progress) -> dict[str, Any]:
+def plan_stage(c: PlanStageConfig, inputs: Inputs, d: Path, progress: Progress) -> dict[str, Any]:
     """`nfedge plan` for the run: plan.json, plan.md (the Markdown table) and plan.png (ES against the floor)."""
-    model, meta = load_checkpoint(base_dir / "base.pt")
-    image = read_image(image_dir / "image")
-    gens = {g: (g, load_generator(p / "generator.pt")[0]) for g, p in gen_dirs.items()}
-    pcfg = cfg.plan.planner(base=_energy_base(cfg, base_dir), classes=int(meta["num_classes"]), fault=cfg.fault,
-                            calibration=cfg.calibration)
-    r = plan_operating_points(model, image, test_tensors(cfg, cfg.plan.test_limit), pcfg, generators=gens,
+    model, meta, data = _base(inputs)
+    image = read_image(inputs["image"] / "image")
+    gens = {g: (g, load_generator(p / "generator.pt")[0]) for g, p in inputs["gen"].items()}
+    pcfg = c.plan.planner(base=_energy_base(inputs, meta), classes=int(meta["num_classes"]), fault=c.fault,
+                          calibration=c.calibration)
+    r = plan_operating_points(model, image, test_tensors(data, c.plan.test_limit), pcfg, generators=gens,
                               progress=progress)
-    r["inputs"] = {"base": str(base_dir / "base.pt"), "image": str(image_dir / "image"),
-                   "generators": {g: str(p / "generator.pt") for g, p in gen_dirs.items()}}
-    atomic_write_json(d / "plan.json", r)
-    atomic_write_text(d / "plan.md", plan_markdown(r) + "\n")
-    write_plot(r, d / "plan.png")
+    r["inputs"] = {"base": str(inputs["base"] / "base.pt"), "image": str(inputs["image"] / "image"),
+                   "generators": {g: str(p / "generator.pt") for g, p in inputs["gen"].items()}}
+    # the three files or none: a stage that fails (a full disk) leaves an empty folder, which run_stage removes
+    atomic_write_files({d / "plan.json": json_bytes(r), d / "plan.md": (plan_markdown(r) + "\n").encode(),
+                        d / "plan.png": plot_png(r)})
     return {"winner": r["winner"], "floor": r["floor"], "samples": r["samples"]}
 
 
-def evaluate_stage(cfg, base_dir: Path, image_dir: Path, gen_dirs: dict[str, Path], d: Path,
-                   progress: Progress) -> dict[str, Any]:
-    model, _ = load_checkpoint(base_dir / "base.pt")
-    image = read_image(image_dir / "image")
-    gens = {g: load_generator(p / "generator.pt")[0] for g, p in gen_dirs.items()}
-    ecfg = EvaluateConfig(voltages=cfg.voltages, chips=cfg.chips, fault=cfg.fault, calibration=cfg.calibration)
-    result = evaluate(model, image, test_tensors(cfg, cfg.eval_limit), ecfg, generators=gens, progress=progress)
-    _, _, info = load_dataset(dataclasses.replace(cfg.base.data, train_limit=1, test_limit=1))
+def evaluate_stage(c: EvaluateStageConfig, inputs: Inputs, d: Path, progress: Progress) -> dict[str, Any]:
+    model, meta, data = _base(inputs)
+    image = read_image(inputs["image"] / "image")
+    gens = {g: load_generator(p / "generator.pt")[0] for g, p in inputs["gen"].items()}
+    result = evaluate(model, image, test_tensors(data, c.test_limit), c.sweep, generators=gens, progress=progress)
+    _, _, info = load_dataset(dataclasses.replace(data, train_limit=1, test_limit=1))
     shape = f"{info.channels}x{info.image_size[0]}x{info.image_size[1]}"
-    base = _energy_base(cfg, base_dir)
+    base = _energy_base(inputs, meta)
     # The report takes the accesses and MACs and derives ES at its own voltage: any voltage inside the table will do.
-    at = 0.833 if cfg.calibration == DEFAULT_CALIBRATION else min(cfg.voltages)
+    cal = c.sweep.calibration
+    at = 0.833 if cal == DEFAULT_CALIBRATION else min(c.sweep.voltages)
     result["energy"] = {g: estimate_energy(EnergyConfig(base=base, generator=g, input=shape, classes=info.num_classes,
-                                                        voltage=at, calibration=cfg.calibration)) for g in gen_dirs}
+                                                        voltage=at, calibration=cal)) for g in gens}
     atomic_write_json(d / "evaluate.json", result)
     return {}
 
 
-def report_stage(cfg, root: Path, base_dir: Path, image_dir: Path, gen_dirs: dict[str, Path], eval_dir: Path,
-                 target_dirs: list[Path], plan_dir: Path | None = None) -> Path:
-    """Always rewritten (cheap): the report reflects exactly the stages of this run, the plan first. The first
-    on-target fault run (cfg.target_modes[0]) fills the on-target tables; every mode's instructions are compared."""
-    host = json.loads((eval_dir / "evaluate.json").read_text())
-    plan = json.loads((plan_dir / "plan.json").read_text()) if plan_dir is not None else None
-    runs = [json.loads((d / "faultrun.json").read_text()) for d in target_dirs]
+def build_stage(c: BuildConfig, inputs: Inputs, d: Path, progress: Progress) -> dict[str, Any]:
+    """Build for the run's target with its first generator (emulation is slow: one generator on target)."""
+    gen = next(iter(inputs["gen"].values())) / "generator.pt"
+    b = build_bundle(c, inputs["base"] / "base.pt", inputs["image"] / "image", gen, d / "bundle", progress)
+    return {"target": b.target.name, "mode": c.mode}
+
+
+def faultrun_stage(c: FaultrunConfig, inputs: Inputs, d: Path, progress: Progress) -> dict[str, Any]:
+    r = faultrun(inputs["build"] / "bundle", None, c, progress, trust_bundle_code=True)  # this run built the bundle
+    atomic_write_json(d / "faultrun.json", r)
+    if not r["agreement"]["passed"]:
+        raise NfedgeError(f"host and target disagree ({100 * r['agreement']['min_identical_fraction']:.2f}% identical)")
+    return {"agreement": r["agreement"]}
+
+
+def report_stage(cfg, root: Path, found: Inputs) -> Path:
+    """Always rewritten (cheap) from this run's stages (`found`: stage name -> directory, as a stage's inputs; plan
+    and faultrun only where they finished), the plan first. The first on-target fault run (cfg.target_modes[0])
+    fills the on-target tables; every mode's instructions are compared."""
+    host = json.loads((found["evaluate"] / "evaluate.json").read_text())
+    plan = json.loads((found["plan"] / "plan.json").read_text()) if found.get("plan") else None
+    runs = [json.loads((p / "faultrun.json").read_text()) for p in found.get("faultrun", {}).values()]
     target = runs[0] if runs else None
-    _, meta = load_checkpoint(base_dir / "base.pt")
+    _, meta, data = _base(found)
     steps = f"{cfg.eopm.max_steps} steps" if cfg.eopm.max_steps else f"{cfg.eopm.epochs} epoch(s)"
     origin = f"of the user's checkpoint `{cfg.base_checkpoint}`" if cfg.base_checkpoint else "after QAT"
-    header = (f"Base model `{meta['model']}` on `{cfg.base.data.dataset}` ({cfg.bits}-bit weights, clean test accuracy "
+    header = (f"Base model `{meta['model']}` on `{data.dataset}` ({cfg.bits}-bit weights, clean test accuracy "
               f"{100 * meta['meta']['test_accuracy']:.2f}% {origin}); generators {', '.join(cfg.generators)} trained with "
               f"EOPM at BER {cfg.eopm.ber} ({cfg.eopm.fault}), N = {cfg.eopm.n_perturbed}, lambda = {cfg.eopm.lam}, "
               f"{steps} of batch {cfg.eopm.batch_size}. On-target rows use their own {cfg.target_samples} test images, so "
               "they are compared with the host on those same images, not with the sweep above. Run config: `run.json`.")
     return write_report(host, target, root / "report", header=header, more_targets=runs[1:], plan=plan)
-
-
-def build_stage(cfg, base_dir: Path, image_dir: Path, gen_dirs: dict[str, Path], d: Path, progress: Progress,
-                mode: str = "weight-only") -> dict:
-    """Build for the run's target with its first generator (emulation is slow: one generator on target)."""
-    gen = gen_dirs[cfg.generators[0]] / "generator.pt"
-    b = build_bundle(BuildConfig(target=cfg.target, bits=cfg.bits, mode=mode), base_dir / "base.pt", image_dir / "image",
-                     gen, d / "bundle", progress)
-    return {"target": b.target.name, "mode": mode}
-
-
-def faultrun_stage(cfg, build_dir: Path, d: Path, progress: Progress) -> dict:
-    fcfg = FaultrunConfig(voltages=cfg.target_voltages, chips=cfg.target_chips, samples=cfg.target_samples, fault=cfg.fault,
-                          calibration=cfg.calibration)
-    r = faultrun(build_dir / "bundle", None, fcfg, progress, trust_bundle_code=True)  # this run built the bundle
-    atomic_write_json(d / "faultrun.json", r)
-    if not r["agreement"]["passed"]:
-        raise NfedgeError(f"host and target disagree ({100 * r['agreement']['min_identical_fraction']:.2f}% identical)")
-    return {"agreement": r["agreement"]}

@@ -7,7 +7,6 @@ import json
 import click
 
 from nfedge.cli.common import cli
-from nfedge.errors import NfedgeError
 
 
 @cli.command("run")
@@ -41,24 +40,7 @@ def run_cmd(config_path, out, print_config, as_json):
 @click.argument("run_dir", type=click.Path(file_okay=False))
 def report_cmd(run_dir):
     """Rewrite the report (Markdown + PNG plots) of a finished `nfedge run` directory."""
-    from pathlib import Path
+    from nfedge.pipeline import rewrite_report
 
-    from nfedge import stages
-    from nfedge.pipeline import RunConfig
-
-    root = Path(run_dir)
-    if not (root / "run.json").is_file():
-        raise NfedgeError(f"{root} is not an nfedge run directory (no run.json)")
-    cfg = RunConfig.from_json((root / "run.json").read_text())
-
-    def newest(prefix):
-        done = sorted(root.glob(f"{prefix}-*/DONE.json"), key=lambda p: p.stat().st_mtime)
-        if not done:
-            raise NfedgeError(f"{root} has no finished {prefix} stage")
-        return done[-1].parent
-
-    gens = {g: newest(f"gen-{g}") for g in cfg.generators}
-    targets = [newest(f"faultrun-{m}") for m in cfg.target_modes if list(root.glob(f"faultrun-{m}-*/DONE.json"))]
-    plan = newest("plan") if cfg.plan.enabled and list(root.glob("plan-*/DONE.json")) else None
-    out = stages.report_stage(cfg, root, newest("base"), newest("image"), gens, newest("evaluate"), targets, plan)
+    out = rewrite_report(run_dir)
     click.echo(f"wrote {out / 'REPORT.md'}")
