@@ -17,20 +17,27 @@ builder only pads where those bytes exist (`padded_reduction`).
 `conv2d_int8_nhwc` (direct; constant weights in any layout nfedge likes, i.e. a generator's): NHWC
 activations, so a kernel row's window is kW*C contiguous input bytes and no im2col copy is needed.
 
-Both end in the same epilogue: saturate(((acc + bias[o]) * sign*M[o] + 2^(shift[o]-1)) >> shift[o]) with the
-int64 formula of docs/INTEGER.md, or its exact 32-bit form (nfedge.integer.scheme.apply_scale_high_word) where
-every shift is >= 33, then the tanh table where the layer has one.
+Both end in the same epilogue, described by one `Requant` (the layer's bias, rescale, clamp and tanh table):
+saturate(((acc + bias[o]) * sign*M[o] + 2^(shift[o]-1)) >> shift[o]) with the int64 formula of docs/INTEGER.md,
+or its exact 32-bit form (nfedge.integer.scheme.apply_scale_high_word) where every shift is >= 33, then the tanh
+table where the layer has one. `emit_kernel` adds a kernel to a Relax graph with the Requant's arrays as its
+constant operands.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 
 from nfedge.errors import NfedgeError
-from nfedge.integer.scheme import INT32_MAX
+from nfedge.integer.scheme import HIGH_WORD_MIN_SHIFT, INT32_MAX
 
-__all__ = ["IM2COL_KERNEL", "KERNEL_ATTR", "NHWC_KERNEL", "chunk_of", "constant_weights", "conv2d_int8",
-           "conv2d_int8_nhwc", "isa_of_target", "narrow_accumulator", "nhwc_weights", "padded_reduction"]
+__all__ = ["IM2COL_KERNEL", "KERNEL_ATTR", "NHWC_KERNEL", "Requant", "chunk_of", "constant_weights", "conv2d_int8",
+           "conv2d_int8_nhwc", "emit_kernel", "isa_of_target", "narrow_accumulator", "nhwc_weights",
+           "padded_reduction"]
 
 KERNEL_ATTR = "nfedge.kernel"  # PrimFunc attribute that marks a kernel for nfedge.deploy.compile.int8_schedule
 IM2COL_KERNEL, NHWC_KERNEL = "conv2d_int8", "conv2d_int8_nhwc"  # its values
@@ -64,13 +71,90 @@ def padded_reduction(k: int, isa: str | None, room: int | None) -> int:
     return k
 
 
-def conv2d_int8(x, w, bias, mult, rounding, shift, lut=None, *, w_offset: int, out_channels: int, kernel: int,
-                stride: int, padding: int, kp: int, lo: int, hi: int, out_dtype: str, bias_bound: int,
-                high_word: bool, pairs16: bool = False):
+@dataclass(frozen=True, eq=False)  # eq=False: numpy/TE fields have no usable ==; compare by identity
+class Requant:
+    """How one conv layer turns its int32 accumulators into outputs (docs/INTEGER.md, "Rescaling": TOSA
+    RESCALE, scale32, single rounding, half up towards +infinity), per output channel o:
+
+        out[o] = saturate(((acc + bias[o]) * mult[o] + 2^(s[o]-1)) >> s[o], lo, hi)   (int64; >> floors)
+
+    then lut[out + 128] where the layer ends in tanh. Units: acc and bias count s_in * s_w[o] * g[o] (the
+    accumulator's scale); mult * 2^-s is the real factor from that scale to the output's; out counts the output
+    scale (int8, or int32 logits).
+
+    The arrays, [O] each: numpy arrays of exactly the dtypes below where a graph is built (`per_channel`), the
+    kernel's TE tensors inside its compute (`emit_kernel` swaps them; `arrays` fixes their operand order):
+    - bias: int32, bias_q[o];
+    - mult: int32, sign[o] * M[o] with 2^30 <= M < 2^31, or 0 for a zero factor;
+    - rounding and shift: int64 2^(s-1) and int64 s (2 <= s <= 62); with `high_word` (every s >= 33 and acc + bias
+      within int32: nfedge.integer.scheme.apply_scale_high_word) int32 2^(s-33) and uint8 s-32;
+    - lut: int8 [256], the tanh table (index: the int8 pre-activation + 128), or None.
+    lo, hi: the clamp, in output units ([-128, 127]; [0, 127] with a fused ReLU; the int32 range for logits);
+    out_dtype: "int8" or "int32"; bias_bound: max |bias[o]| (whether acc + bias fits int32, narrow_accumulator)."""
+
+    bias: Any
+    mult: Any
+    rounding: Any
+    shift: Any
+    lut: Any
+    lo: int
+    hi: int
+    out_dtype: str
+    bias_bound: int
+    high_word: bool
+
+    @classmethod
+    def per_channel(cls, bias, signed_mult, shift, *, out_channels: int, kp: int, lo: int, hi: int,
+                    out_dtype: str, lut: np.ndarray | None = None) -> Requant:
+        """A layer's Requant from its calibrated parameters (each a scalar or one value per output channel:
+        bias_q, signed_mult = sign * M, shift the TOSA shift), for a kernel whose reduction has kp terms: the
+        32-bit epilogue where every shift allows it (int32 logits too: their clamp is the int32 range) and
+        acc + bias cannot overflow int32, the int64 formula otherwise."""
+
+        def channels(v):  # int64 [O]; astype copies, so each array handed on is contiguous (it becomes a constant)
+            return np.broadcast_to(np.asarray(v, dtype=np.int64), (out_channels,)).astype(np.int64)
+
+        bias, signed_mult, shift = channels(bias), channels(signed_mult), channels(shift)
+        bias_bound = int(np.abs(bias).max(initial=0))
+        high_word = int(shift.min()) >= HIGH_WORD_MIN_SHIFT and narrow_accumulator(kp, bias_bound)
+        if high_word:
+            rounding, shift_arg = np.left_shift(1, shift - 33).astype(np.int32), (shift - 32).astype(np.uint8)
+        else:
+            rounding, shift_arg = np.left_shift(np.int64(1), shift - 1), shift
+        return cls(bias.astype(np.int32), signed_mult.astype(np.int32), rounding, shift_arg,
+                   None if lut is None else np.asarray(lut, dtype=np.int8), lo=int(lo), hi=int(hi),
+                   out_dtype=out_dtype, bias_bound=bias_bound, high_word=high_word)
+
+    def arrays(self) -> tuple:
+        """The arrays in the kernel's operand order (after x and w): bias, mult, rounding, shift[, lut]."""
+        return (self.bias, self.mult, self.rounding, self.shift) + (() if self.lut is None else (self.lut,))
+
+    def with_arrays(self, arrays) -> Requant:
+        """The same Requant over other arrays in `arrays` order (the kernel compute's TE tensors)."""
+        bias, mult, rounding, shift, *lut = arrays
+        return dataclasses.replace(self, bias=bias, mult=mult, rounding=rounding, shift=shift,
+                                   lut=lut[0] if lut else None)
+
+
+def emit_kernel(bb, compute, x, w, rq: Requant, *, name: str, **geometry):
+    """bb.emit_te of a kernel `compute` (conv2d_int8 or conv2d_int8_nhwc) on Relax x and w, with rq's arrays as
+    Relax constants; `geometry` is the compute's keyword arguments, `name` the PrimFunc's name hint. The
+    operands are x, w, then rq.arrays() in order (emit_te names the PrimFunc's parameters by position)."""
+    from tvm import relax
+
+    constants = [relax.const(a, str(a.dtype)) for a in rq.arrays()]
+
+    def on_tensors(x_te, w_te, *arrays):
+        return compute(x_te, w_te, rq.with_arrays(arrays), **geometry)
+
+    return bb.emit_te(on_tensors, x, w, *constants, primfunc_name_hint=name)
+
+
+def conv2d_int8(x, w, rq: Requant, *, w_offset: int, out_channels: int, kernel: int, stride: int, padding: int,
+                kp: int, pairs16: bool = False):
     """The TE compute of one integer conv layer (see the module doc). x: int8 [N, C, H, W]; w: the flat int8
-    image (w_offset = the tensor's byte offset) or a constant int8 [O, Kp]; per output channel: bias and
-    mult (sign*M) int32, rounding and shift (see high_word); lut: int8 [256] (tanh) or None;
-    bias_bound: max |bias|."""
+    image (w_offset = the tensor's byte offset) or a constant int8 [O, Kp]; rq: the epilogue, its arrays TE
+    tensors; kp: the reduction length (padded_reduction); pairs16: the DSP form of the im2col row."""
     from tvm import te, tirx
 
     n_, c_, h_, w_ = (int(v) for v in x.shape)
@@ -101,20 +185,18 @@ def conv2d_int8(x, w, bias, mult, rounding, shift, lut=None, *, w_offset: int, o
         # one word of it is the int16 pair SMLAD multiplies with SXTB16's (0, 2) or (1, 3) bytes of 4 codes
         col16 = te.compute((n_, oh_, ow_, kp // 4, 4), lambda n, oh, ow, q, j: col[n, oh, ow, 4 * q + PAIR_ORDER(j)]
                            .astype("int16"), name="nf_col16")
-        rq, rj = te.reduce_axis((0, kp // 4), name="q"), te.reduce_axis((0, 4), name="j")
+        r4, rj = te.reduce_axis((0, kp // 4), name="q"), te.reduce_axis((0, 4), name="j")
         acc = te.compute((n_, out_channels, oh_, ow_), lambda n, o, oh, ow: te.sum(
-            col16[n, oh, ow, rq, rj].astype("int32") * weight(o, 4 * rq + PAIR_ORDER(rj)).astype("int32"),
-            axis=[rq, rj]), name="nf_acc")
+            col16[n, oh, ow, r4, rj].astype("int32") * weight(o, 4 * r4 + PAIR_ORDER(rj)).astype("int32"),
+            axis=[r4, rj]), name="nf_acc")
     else:
         r = te.reduce_axis((0, kp), name="k")
         acc = te.compute((n_, out_channels, oh_, ow_), lambda n, o, oh, ow: te.sum(
             col[n, oh, ow, r].astype("int32") * weight(o, r).astype("int32"), axis=r), name="nf_acc")
-    return _requantized(acc, 1, bias, mult, rounding, shift, lut, kp=kp, lo=lo, hi=hi, out_dtype=out_dtype,
-                        bias_bound=bias_bound, high_word=high_word)
+    return _requantized(acc, 1, rq, kp=kp)
 
 
-def conv2d_int8_nhwc(x, w, bias, mult, rounding, shift, lut=None, *, out_channels: int, kernel: int, stride: int,
-                     padding: int, lo: int, hi: int, out_dtype: str, bias_bound: int, high_word: bool):
+def conv2d_int8_nhwc(x, w, rq: Requant, *, out_channels: int, kernel: int, stride: int, padding: int):
     """The direct NHWC form for constant weights (a generator's, in flash): x int8 [N, H, W, C], w int8
     [O, kH, KWp] (each kernel row's kW x C codes, zero-padded to KWp, `nhwc_weights`). With channels innermost,
     a kernel row's window is kW*C contiguous bytes of one zero-padded input row, so the dot products need no
@@ -139,39 +221,38 @@ def conv2d_int8_nhwc(x, w, bias, mult, rounding, shift, lut=None, *, out_channel
     acc = te.compute((n_, oh_, ow_, out_channels), lambda n, oh, ow, o: te.sum(
         xrow[n, oh * stride + rk, ow * stride * c_ + rj].astype("int32") * w[o, rk, rj].astype("int32"),
         axis=[rk, rj]), name="nf_acc")
-    return _requantized(acc, 3, bias, mult, rounding, shift, lut, kp=kernel * kwp, lo=lo, hi=hi,
-                        out_dtype=out_dtype, bias_bound=bias_bound, high_word=high_word)
+    return _requantized(acc, 3, rq, kp=kernel * kwp)
 
 
-def _requantized(acc, axis: int, bias, mult, rounding, shift, lut, *, kp: int, lo: int, hi: int, out_dtype: str,
-                 bias_bound: int, high_word: bool):
-    """bias, rescale, saturate (and the tanh table) of int32 accumulators whose output channel is `axis`."""
+def _requantized(acc, axis: int, rq: Requant, *, kp: int):
+    """bias, rescale, saturate (and the tanh table) of int32 accumulators whose output channel is `axis`, over
+    kp reduction terms."""
     from tvm import te, tirx
 
     # the bias is added in int32 where acc + bias cannot overflow (|acc| <= Kp * 2^14 with any codes): the
     # epilogue then multiplies two int32 (one SMULL), adds the rounding constant, shifts and clamps, the
     # reference's int64 formula; the bias is added in int64 otherwise
-    narrow = narrow_accumulator(kp, bias_bound)
-    if high_word and not narrow:
+    narrow = narrow_accumulator(kp, rq.bias_bound)
+    if rq.high_word and not narrow:
         raise NfedgeError("integer kernel: the 32-bit epilogue needs acc + bias within int32")
     # a stage of its own (a register after scheduling), so that the int64 product below is of two int32 values
-    biased = te.compute(acc.shape, lambda *i: acc[i] + bias[i[axis]], name="nf_bias") if narrow else acc
+    biased = te.compute(acc.shape, lambda *i: acc[i] + rq.bias[i[axis]], name="nf_bias") if narrow else acc
 
     def finish(v):
-        return lut[v.astype("int32") + 128] if lut is not None else v.astype(out_dtype)
+        return rq.lut[v.astype("int32") + 128] if rq.lut is not None else v.astype(rq.out_dtype)
 
     def epilogue(*i):
         o = i[axis]
         v = biased[i].astype("int64")
-        v = v if narrow else v + bias[o].astype("int64")
-        if high_word:  # nfedge.integer.scheme.apply_scale_high_word: SMMUL, add, shift, saturate in 32 bits
-            top = ((v * mult[o].astype("int64")) >> 32).astype("int32")
+        v = v if narrow else v + rq.bias[o].astype("int64")
+        if rq.high_word:  # nfedge.integer.scheme.apply_scale_high_word: SMMUL, add, shift, saturate in 32 bits
+            top = ((v * rq.mult[o].astype("int64")) >> 32).astype("int32")
             # shift holds shift - 32 as uint8: TVM 0.27's bound analysis of x >> (an int32 of unknown range) is
             # wrong and it then drops the clamp below; a uint8 amount keeps it
-            y = (top + rounding[o]) >> shift[o].astype("int32")
-            return finish(tirx.max(tirx.min(y, tirx.const(hi, "int32")), tirx.const(lo, "int32")))
-        v = (v * mult[o].astype("int64") + rounding[o]) >> shift[o]
-        return finish(tirx.max(tirx.min(v, tirx.const(hi, "int64")), tirx.const(lo, "int64")))
+            y = (top + rq.rounding[o]) >> rq.shift[o].astype("int32")
+            return finish(tirx.max(tirx.min(y, tirx.const(rq.hi, "int32")), tirx.const(rq.lo, "int32")))
+        v = (v * rq.mult[o].astype("int64") + rq.rounding[o]) >> rq.shift[o]
+        return finish(tirx.max(tirx.min(v, tirx.const(rq.hi, "int64")), tirx.const(rq.lo, "int64")))
 
     return te.compute(acc.shape, epilogue, name="nf_out")
 

@@ -13,7 +13,7 @@ maximum/minimum, int8 max pooling, int32 sums, int8 repeats and concats, a 256-e
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -21,17 +21,18 @@ from nfedge.deploy.compile.int8_kernels import (
     IM2COL_KERNEL,
     KERNEL_ATTR,
     NHWC_KERNEL,
+    Requant,
     constant_weights,
     conv2d_int8,
     conv2d_int8_nhwc,
-    narrow_accumulator,
+    emit_kernel,
     nhwc_weights,
     padded_reduction,
 )
 from nfedge.errors import NfedgeError
 from nfedge.integer.program import INPUT, Op, Program
 from nfedge.integer.reference import front_factors
-from nfedge.integer.scheme import HIGH_WORD_MIN_SHIFT, INT8_MAX, INT8_MIN, INT32_MIN
+from nfedge.integer.scheme import INT8_MAX, INT8_MIN, INT32_MIN
 from nfedge.sram.image import WeightImage
 
 __all__ = ["integer_relax_graphs", "runs_nhwc"]
@@ -75,56 +76,60 @@ def _weight(bb, prog: Program, op: Op, image_var, entries: dict[str, Any]):
     return bb.emit(relax.op.reshape(w, t.shape))
 
 
-def _emit_conv_kernel(bb, prog: Program, op: Op, x, image_var, entries, isa: str | None, total_bytes: int,
-                      nhwc: bool = False):
-    """A conv layer as one of nfedge's own kernels (nfedge.deploy.compile.int8_kernels): im2col + int8 dot products +
-    rescale, or with `nhwc` (constant weights only) the direct NHWC form."""
-    p = op.params
+class _ConvWeights(NamedTuple):
+    """A conv kernel's weight operand and the geometry that follows from it."""
+
+    w: Any  # the Relax weight operand: the image input, or a constant
+    out_channels: int
+    kernel: int  # kH (= kW)
+    offset: int  # the codes' byte offset in the image (0 for a constant)
+    kp: int  # the reduction length the kernel computes (padded_reduction; kH * KWp in NHWC)
+
+
+def _conv_weights(prog: Program, op: Op, image_var, entries, isa: str | None, total_bytes: int,
+                  nhwc: bool) -> _ConvWeights:
+    """The weight operand of a conv kernel: the image itself where the program reads its weights from it (the
+    kernel reads the codes in place, over-reading into the `total_bytes` image's next bytes where padded), a
+    constant in the kernel's layout otherwise."""
     key = prog.weight_key(op)
     if nhwc:
         codes = np.asarray(prog.constants[key])
-        o, shape, offset = int(codes.shape[0]), codes.shape, 0
         wk = nhwc_weights(codes, isa)
-        kp = int(wk.shape[1] * wk.shape[2])
-        w = _const(wk, "int8")
-    elif prog.weights_from_image:
+        return _ConvWeights(_const(wk, "int8"), int(codes.shape[0]), int(codes.shape[2]), 0,
+                            int(wk.shape[1] * wk.shape[2]))
+    if prog.weights_from_image:
         t = entries[key]
-        o, shape, offset = int(t.shape[0]), tuple(int(v) for v in t.shape), int(t.offset)
-        k_terms = int(np.prod(shape[1:]))
-        kp = padded_reduction(k_terms, isa, total_bytes - (offset + t.numel))
-        w = image_var
-    else:
-        codes = np.asarray(prog.constants[key])
-        o, shape, offset = int(codes.shape[0]), codes.shape, 0
-        kp = padded_reduction(int(np.prod(shape[1:])), isa, None)
-        w = _const(constant_weights(codes, kp), "int8")
+        shape = tuple(int(v) for v in t.shape)
+        kp = padded_reduction(int(np.prod(shape[1:])), isa, total_bytes - (int(t.offset) + t.numel))
+        return _ConvWeights(image_var, shape[0], shape[2], int(t.offset), kp)
+    codes = np.asarray(prog.constants[key])
+    kp = padded_reduction(int(np.prod(codes.shape[1:])), isa, None)
+    return _ConvWeights(_const(constant_weights(codes, kp), "int8"), int(codes.shape[0]), int(codes.shape[2]), 0, kp)
 
-    def per_channel(v, dtype: str):
-        return np.broadcast_to(np.asarray(v, dtype=np.int64), (o,)).astype(dtype)
 
-    final = p["lo"] == INT32_MIN
-    lut = _const(p["lut"], "int8") if op.activation == "tanh" else None
-    bias = per_channel(p["bias_q"], "int64")
-    shift = per_channel(p["shift"], "int64")
-    mult = per_channel(np.asarray(p["sign"], dtype=np.int64) * np.asarray(p["mult"], dtype=np.int64), "int64")
-    # the 32-bit epilogue where every shift allows it (int32 logits too: their clamp is the int32 range)
-    high_word = int(shift.min()) >= HIGH_WORD_MIN_SHIFT and narrow_accumulator(kp, int(np.abs(bias).max(initial=0)))
-    if high_word:
-        rounding, shift_arg = _const(np.left_shift(1, shift - 33), "int32"), _const(shift - 32, "uint8")
-    else:
-        rounding, shift_arg = _const(np.left_shift(np.int64(1), shift - 1), "int64"), _const(shift, "int64")
-    args = [x, w, _const(bias.astype(np.int32), "int32"), _const(mult.astype(np.int32), "int32"), rounding, shift_arg]
-    common = {"out_channels": o, "kernel": int(shape[2]), "stride": int(op.attrs["stride"]),
-              "padding": int(op.attrs["padding"]), "lo": int(p["lo"]), "hi": int(p["hi"]),
-              "out_dtype": "int32" if final else "int8", "bias_bound": int(np.abs(bias).max(initial=0)),
-              "high_word": high_word}
+def _layer_requant(op: Op, kp: int, out_channels: int) -> Requant:
+    """A conv op's calibrated epilogue (bias, sign*M, shift, clamp, tanh table) for a kernel of kp terms; the
+    output is int32 where the clamp is the int32 range (the classifier's logits)."""
+    p = op.params
+    signed_mult = np.asarray(p["sign"], dtype=np.int64) * np.asarray(p["mult"], dtype=np.int64)
+    return Requant.per_channel(p["bias_q"], signed_mult, p["shift"], out_channels=out_channels, kp=kp, lo=p["lo"],
+                               hi=p["hi"], out_dtype="int32" if p["lo"] == INT32_MIN else "int8",
+                               lut=p["lut"] if op.activation == "tanh" else None)
+
+
+def _emit_conv_kernel(bb, prog: Program, op: Op, x, image_var, entries, isa: str | None, total_bytes: int,
+                      nhwc: bool = False):
+    """A conv layer as one of nfedge's own kernels (nfedge.deploy.compile.int8_kernels): im2col + int8 dot
+    products + requantization, or with `nhwc` (constant weights only) the direct NHWC form."""
+    cw = _conv_weights(prog, op, image_var, entries, isa, total_bytes, nhwc)
+    rq = _layer_requant(op, cw.kp, cw.out_channels)
+    geometry = {"out_channels": cw.out_channels, "kernel": cw.kernel, "stride": int(op.attrs["stride"]),
+                "padding": int(op.attrs["padding"])}
     name = op.output.replace(".", "_")
     if nhwc:
-        return bb.emit_te(conv2d_int8_nhwc, *args, *([lut] if lut is not None else []), **common,
-                          primfunc_name_hint=f"{_NHWC_PREFIX}{name}")
-    return bb.emit_te(conv2d_int8, *args, *([lut] if lut is not None else []), w_offset=offset, kp=kp,
-                      pairs16=isa == "dsp", **common,
-                      primfunc_name_hint=f"{_IM2COL_PREFIX}{name}")
+        return emit_kernel(bb, conv2d_int8_nhwc, x, cw.w, rq, name=f"{_NHWC_PREFIX}{name}", **geometry)
+    return emit_kernel(bb, conv2d_int8, x, cw.w, rq, name=f"{_IM2COL_PREFIX}{name}", w_offset=cw.offset, kp=cw.kp,
+                       pairs16=isa == "dsp", **geometry)
 
 
 _IM2COL_PREFIX, _NHWC_PREFIX = "nf_conv_", "nf_convh_"  # PrimFunc names of the two kernel forms
@@ -161,7 +166,33 @@ def _emit_nhwc(bb, prog: Program, x, isa: str | None):
     return bb.emit(relax.op.permute_dims(t[prog.output], [0, 3, 1, 2]))
 
 
+def _emit_relax_layer(bb, prog: Program, op: Op, x, image_var, entries):
+    """A linear or transposed conv layer (no kernel of nfedge's own) as Relax operators: the int8 x int8 -> int32
+    operator, the bias and rescale in int64 (_rescale), then the tanh table where the layer has one."""
+    from tvm import relax
+
+    p = op.params
+    w = _weight(bb, prog, op, image_var, entries)
+    if op.kind == "linear":
+        acc = bb.emit(relax.op.matmul(x, relax.op.permute_dims(w, [1, 0]), out_dtype="int32"))
+    else:  # a transposed conv: every other conv is a kernel (_emit_conv_kernel)
+        acc = bb.emit(relax.op.nn.conv2d_transpose(x, w, strides=op.attrs["stride"], padding=op.attrs["padding"],
+                                                   output_padding=op.attrs["output_padding"],
+                                                   kernel_layout="IOHW", out_dtype="int32"))
+    ndim = 2 if op.kind == "linear" else 4
+    bias = np.asarray(p["bias_q"], dtype=np.int64).reshape(1, -1, *([1] * (ndim - 2)))
+    acc = bb.emit(relax.op.add(relax.op.astype(acc, "int64"), _const(bias, "int64")))
+    final = p["lo"] == INT32_MIN  # the classifier: int32 logits
+    y = _rescale(bb, acc, p["sign"], p["mult"], p["shift"], p["lo"], p["hi"], "int32" if final else "int8", ndim)
+    if op.activation == "tanh":
+        idx = bb.emit(relax.op.add(relax.op.astype(y, "int32"), _const(-INT8_MIN, "int32")))
+        y = bb.emit(relax.op.take(_const(p["lut"], "int8"), idx, axis=0))
+    return y
+
+
 def _emit_program(bb, prog: Program, x, image_var, entries, isa: str | None = None, total_bytes: int = 0):
+    """An integer program's operators into `bb` on int8 x; its output tensor. image_var/entries: the image input
+    and its tensors by name, where the program reads its weights from the image (total_bytes: its size)."""
     from tvm import relax
 
     if runs_nhwc(prog):
@@ -173,26 +204,7 @@ def _emit_program(bb, prog: Program, x, image_var, entries, isa: str | None = No
         if op.kind == "conv" and not op.attrs.get("transposed"):
             y = _emit_conv_kernel(bb, prog, op, a[0], image_var, entries, isa, total_bytes)
         elif op.kind in ("conv", "linear"):
-            w = _weight(bb, prog, op, image_var, entries)
-            if op.kind == "linear":
-                acc = bb.emit(relax.op.matmul(a[0], relax.op.permute_dims(w, [1, 0]), out_dtype="int32"))
-            elif op.attrs.get("transposed"):
-                acc = bb.emit(relax.op.nn.conv2d_transpose(a[0], w, strides=op.attrs["stride"],
-                                                           padding=op.attrs["padding"],
-                                                           output_padding=op.attrs["output_padding"],
-                                                           kernel_layout="IOHW", out_dtype="int32"))
-            else:
-                acc = bb.emit(relax.op.nn.conv2d(a[0], w, strides=op.attrs["stride"], padding=op.attrs["padding"],
-                                                 out_dtype="int32"))
-            ndim = 2 if op.kind == "linear" else 4
-            bias = np.asarray(p["bias_q"], dtype=np.int64).reshape(1, -1, *([1] * (ndim - 2)))
-            acc = bb.emit(relax.op.add(relax.op.astype(acc, "int64"), _const(bias, "int64")))
-            final = p["lo"] == INT32_MIN
-            y = _rescale(bb, acc, p["sign"], p["mult"], p["shift"], p["lo"], p["hi"],
-                         "int32" if final else "int8", ndim)
-            if op.activation == "tanh":
-                idx = bb.emit(relax.op.add(relax.op.astype(y, "int32"), _const(-INT8_MIN, "int32")))
-                y = bb.emit(relax.op.take(_const(p["lut"], "int8"), idx, axis=0))
+            y = _emit_relax_layer(bb, prog, op, a[0], image_var, entries)
         elif op.kind == "maxpool":
             k = op.attrs["kernel"]
             y = bb.emit(relax.op.nn.max_pool2d(a[0], pool_size=k, strides=k))
@@ -203,7 +215,8 @@ def _emit_program(bb, prog: Program, x, image_var, entries, isa: str | None = No
             f = op.attrs["factor"]
             y = bb.emit(relax.op.repeat(relax.op.repeat(a[0], f, axis=2), f, axis=3))
         elif op.kind == "concat":
-            parts = [_rescale(bb, v, sg, m, sh, INT8_MIN, INT8_MAX, "int8", None) for v, (sg, m, sh) in zip(a, p["mults"])]
+            parts = [_rescale(bb, v, sg, m, sh, INT8_MIN, INT8_MAX, "int8", None)
+                     for v, (sg, m, sh) in zip(a, p["mults"])]
             y = bb.emit(relax.op.concat(parts, axis=1))
         elif op.kind == "flatten":
             y = bb.emit(relax.op.reshape(a[0], [a[0].ty.shape[0], -1]))
@@ -214,9 +227,11 @@ def _emit_program(bb, prog: Program, x, image_var, entries, isa: str | None = No
 
 
 def integer_relax_graphs(base: Program, input_shape: tuple[int, int, int], image: WeightImage,
-                         generator: Program | None = None, batch: int = 1, isa: str | None = None) -> dict[str, Any]:
-    """The Relax programs an integer bundle compiles (see the module doc); `isa` ("mve", "dsp" or None:
-    nfedge.deploy.compile.int8_kernels.isa_of_target) sets how far each conv's reduction is zero-padded for its kernel."""
+                         generator: Program | None = None, batch: int = 1,
+                         isa: str | None = None) -> dict[str, Any]:
+    """The Relax modules an integer bundle compiles (see the module doc); `isa` ("mve", "dsp" or None:
+    nfedge.deploy.compile.int8_kernels.isa_of_target) sets how far each conv's reduction is zero-padded for its
+    kernel."""
     from tvm import relax
 
     if not base.calibrated or (generator is not None and not generator.calibrated):
@@ -251,8 +266,8 @@ def integer_relax_graphs(base: Program, input_shape: tuple[int, int, int], image
 
 
 def _mark_kernels(mod):
-    """Mark nfedge's conv kernels for nfedge.deploy.compile.int8_kernels.schedule_int8_kernels, and as opaque so that
-    FuseOps keeps each one whole (op_pattern 8 = kOpaque: nothing is fused into or onto it)."""
+    """Mark nfedge's conv kernels for nfedge.deploy.compile.int8_schedule.schedule_int8_kernels, and as opaque
+    so that FuseOps keeps each one whole (op_pattern 8 = kOpaque: nothing is fused into or onto it)."""
     import tvm
 
     for gv, f in list(mod.functions.items()):

@@ -26,7 +26,7 @@ SCHEDULES = ("none", "inline")
 
 def relax_graphs(input_shape: tuple[int, int, int], base_model: nn.Module, image: WeightImage,
                  generator: nn.Module | None, batch: int = 1) -> dict[str, Any]:
-    """The Relax programs a bundle compiles: "base" (x, image) -> logits and, with a generator,
+    """The Relax modules a bundle compiles: "base" (x, image) -> logits and, with a generator,
     "generator" x -> F(x) = clip(x + G(x), -1, 1); x is [batch, C, H, W] float32."""
     x = torch.zeros((batch, *input_shape), dtype=torch.float32)
     mods = {"base": _export_relax(ImageWeightedModel(base_model, image.manifest), (x, image_tensor(image)))}
@@ -133,7 +133,7 @@ def _schedule_failures() -> tuple[type[BaseException], ...]:
     """What TVM raises when it refuses a schedule: ScheduleError (a primitive's precondition does not
     hold) and InternalError (an internal check failed). Both are TVM's, never a bug of this module;
     TVM maps its other errors onto Python's builtins (AttributeError, IndexError, ...), which are not
-    caught here so that a programming error here is not mistaken for a refusal."""
+    caught here so that a bug here is not mistaken for a refusal."""
     import tvm
     from tvm import s_tir
 
@@ -146,32 +146,50 @@ def _first_line(e: BaseException) -> str:
 
 
 def _inline_all(sch) -> list[str]:
-    """The three passes of the inline schedule on `sch`; returns the transformations it applied."""
+    """The three passes of the inline schedule on `sch`, in order; returns the transformations it applied."""
+    steps = _inline_injective(sch)
+    steps += _inline_elementwise_consumers(sch)  # on what pass 1 left
+    steps += _epilogues_after_reductions(sch)  # on what passes 1 and 2 left
+    return steps
+
+
+def _refused():
+    """The one error a refused schedule step raises; anything else propagates."""
     from tvm import s_tir
 
-    refused = s_tir.ScheduleError  # the one error a refused step raises; anything else propagates
+    return s_tir.ScheduleError
+
+
+def _blocks(sch) -> list:
+    return sch.get_child_blocks(sch.get_sblock("root"))
+
+
+def _name(sch, b) -> str:
+    return sch.get(b).name_hint
+
+
+def _is_reduction(sch, b) -> bool:
+    return any(int(iv.iter_type) != 0 for iv in sch.get(b).iter_vars)  # IterVar.DataPar == 0
+
+
+def _write_shape(sch, b) -> list[int] | None:
+    w = sch.get(b).writes  # TensorRegion in TVM 0.27: .source is the Buffer (.buffer before)
+    return [int(d) for d in w[0].source.shape] if len(w) == 1 else None
+
+
+def _inline_injective(sch) -> list[str]:
+    """1. Inline injective intermediates, except into a reduction (padding stays a buffer: inlined, every
+    multiply-accumulate would pay the bounds check). One block at a time, the block list read afresh after each,
+    until nothing more inlines (inlining changes the list)."""
+    refused = _refused()
     steps: list[str] = []
-
-    def blocks():
-        return sch.get_child_blocks(sch.get_sblock("root"))
-
-    def name(b) -> str:
-        return sch.get(b).name_hint
-
-    def is_reduction(b) -> bool:
-        return any(int(iv.iter_type) != 0 for iv in sch.get(b).iter_vars)  # IterVar.DataPar == 0
-
-    def write_shape(b) -> list[int] | None:
-        w = sch.get(b).writes  # TensorRegion in TVM 0.27: .source is the Buffer (.buffer before)
-        return [int(d) for d in w[0].source.shape] if len(w) == 1 else None
-
     changed = True
-    while changed:  # 1. inline injective intermediates, except into a reduction (padding stays a
-        changed = False  # buffer: inlined, every multiply-accumulate would pay the bounds check)
-        for b in blocks():
-            if any(is_reduction(c) for c in sch.get_consumers(b)):
+    while changed:
+        changed = False
+        for b in _blocks(sch):
+            if any(_is_reduction(sch, c) for c in sch.get_consumers(b)):
                 continue
-            n = name(b)
+            n = _name(sch, b)
             try:
                 sch.compute_inline(b)
             except refused:  # an output block, a reduction, a block read by several others
@@ -179,20 +197,34 @@ def _inline_all(sch) -> list[str]:
             steps.append(f"compute_inline {n}")
             changed = True
             break
+    return steps
+
+
+def _inline_elementwise_consumers(sch) -> list[str]:
+    """2. Element-wise consumers into their producers (spatial producers), to a fixed point as in pass 1."""
+    refused = _refused()
+    steps: list[str] = []
     changed = True
-    while changed:  # 2. element-wise consumers into their producers (spatial producers)
+    while changed:
         changed = False
-        for b in blocks():
-            n = name(b)
+        for b in _blocks(sch):
+            n = _name(sch, b)
             try:
                 sch.reverse_compute_inline(b)
-            except refused:  # its producer is a reduction (step 3), or it is not element-wise
+            except refused:  # its producer is a reduction (pass 3), or it is not element-wise
                 continue
             steps.append(f"reverse_compute_inline {n}")
             changed = True
             break
-    # 3. an epilogue after a reduction: compute it per output element, right after the reduction
-    bl = blocks()
+    return steps
+
+
+def _epilogues_after_reductions(sch) -> list[str]:
+    """3. An epilogue after a reduction: compute it per output element, right after the reduction (under the
+    reduction's innermost spatial loop). One pass over the block list as it stands after passes 1 and 2."""
+    refused = _refused()
+    steps: list[str] = []
+    bl = _blocks(sch)
     for i, b in enumerate(bl[:-1]):
         loops = sch.get_loops(b)
         kinds = [int(iv.iter_type) for iv in sch.get(b).iter_vars]
@@ -206,14 +238,15 @@ def _inline_all(sch) -> list[str]:
         # reverse_compute_at only regenerates the consumer region that depends on the producer: a
         # consumer over a larger domain (padding after pooling) would silently lose its border
         consumer = bl[i + 1]
-        if is_reduction(consumer) or write_shape(b) is None or write_shape(b) != write_shape(consumer):
+        shape = _write_shape(sch, b)
+        if _is_reduction(sch, consumer) or shape is None or shape != _write_shape(sch, consumer):
             continue
         if not any(sch.get(p).same_as(sch.get(b)) for p in sch.get_producers(consumer)):
             continue
-        n = name(consumer)
+        n = _name(sch, consumer)
         try:
             sch.reverse_compute_at(consumer, loops[n_spatial - 1], preserve_unit_loops=True)
         except refused:
             continue
-        steps.append(f"reverse_compute_at {n} under {name(b)}")
+        steps.append(f"reverse_compute_at {n} under {_name(sch, b)}")
     return steps

@@ -11,7 +11,9 @@ import torch.nn.functional as F
 
 from nfedge.deploy.compile.int8_kernels import (
     KERNEL_ATTR,
+    Requant,
     conv2d_int8,
+    emit_kernel,
     isa_of_target,
     narrow_accumulator,
     padded_reduction,
@@ -30,23 +32,15 @@ def _conv_module(c, o, h, kp, bias, mult, shift, high_word, stride=1, padding=1,
     from tvm import relax
 
     k = c * 9
-
-    def const(v, dtype):
-        return relax.const(np.asarray(v, dtype=dtype), dtype)
-
-    if high_word:
-        rounding, shift_arg = const(np.left_shift(1, shift - 33), "int32"), const(shift - 32, "uint8")
-    else:
-        rounding, shift_arg = const(np.left_shift(np.int64(1), shift - 1), "int64"), const(shift, "int64")
+    rq = Requant.per_channel(bias, mult, shift, out_channels=o, kp=kp, lo=lo, hi=hi, out_dtype="int8")
+    assert rq.high_word == high_word  # the shifts and bias chosen select the epilogue path under test
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((1, c, h, h), "int8"))
     img = relax.Var("image", relax.TensorType((o * k + extra,), "int8"))
     with bb.function("main", [x, img]):
         with bb.dataflow():
-            y = bb.emit_te(conv2d_int8, x, img, const(bias, "int32"), const(mult, "int32"), rounding, shift_arg,
-                           w_offset=0, out_channels=o, kernel=3, stride=stride, padding=padding, kp=kp, lo=lo, hi=hi,
-                           out_dtype="int8", bias_bound=int(np.abs(bias).max()), high_word=high_word,
-                           primfunc_name_hint="nf_conv_t")
+            y = emit_kernel(bb, conv2d_int8, x, img, rq, name="nf_conv_t", w_offset=0, out_channels=o, kernel=3,
+                            stride=stride, padding=padding, kp=kp)
             out = bb.emit_output(y)
         bb.emit_func_output(out)
     mod = bb.get()
