@@ -2,6 +2,8 @@
 
 Library functions take a `Progress` (default: the quiet-aware one below) instead of printing, so a
 caller (CLI, tests, the pipeline) decides what the user sees. stdout stays free for --json output.
+Bars are drawn only when stderr is a terminal: redrawn into a file or a pipe (a log, CI), every refresh
+would be another line. Info lines go out either way.
 """
 
 from __future__ import annotations
@@ -15,16 +17,25 @@ from tqdm import tqdm
 T = TypeVar("T")
 
 
+def stderr_is_terminal() -> bool:
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty and isatty())
+
+
 @dataclasses.dataclass(frozen=True)
 class Progress:
     enabled: bool = True
 
+    @property
+    def bars(self) -> bool:
+        return self.enabled and stderr_is_terminal()
+
     def bar(self, iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
-        return iter(tqdm(iterable, desc=desc, total=total, unit=unit, disable=not self.enabled,
+        return iter(tqdm(iterable, desc=desc, total=total, unit=unit, disable=not self.bars,
                          file=sys.stderr, dynamic_ncols=True, leave=False))
 
     def manual(self, desc: str, total: int | None = None, unit: str = "it") -> tqdm:
-        return tqdm(desc=desc, total=total, unit=unit, disable=not self.enabled, file=sys.stderr,
+        return tqdm(desc=desc, total=total, unit=unit, disable=not self.bars, file=sys.stderr,
                     dynamic_ncols=True, leave=False)
 
     def info(self, message: str) -> None:

@@ -16,8 +16,13 @@ from nfedge.fileio import atomic_write_bytes
 
 
 def write_plot(result: dict[str, Any], path: str | Path) -> None:
-    """Achievable energy saving against the accuracy floor, one curve per option (Eq. 6 left, Eq. 7 right), as a
-    PNG written atomically. `result` is plan_operating_points's, computed with curve=True."""
+    """`plot_png` written atomically to `path`."""
+    atomic_write_bytes(path, plot_png(result))
+
+
+def plot_png(result: dict[str, Any]) -> bytes:
+    """Achievable energy saving against the accuracy floor, one curve per option (Eq. 6 left, Eq. 7 right), as PNG
+    bytes. `result` is plan_operating_points's, computed with curve=True."""
     curve = result["curve"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, key, title in ((axes[0], "energy_saving", "ES (Eq. 6, weight accesses)"),
@@ -40,4 +45,4 @@ def write_plot(result: dict[str, Any], path: str | Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 
 import click
+from click.core import ParameterSource
 
 from nfedge.cli.common import (
+    ConfigDefault,
     calibration_option,
     cli,
     condition_cells,
@@ -17,6 +19,15 @@ from nfedge.cli.common import (
     load_bases,
     mode_option,
 )
+
+
+# The defaults live in the stage configs (imported only when a command needs them).
+def _evaluate(field: str) -> ConfigDefault:
+    return ConfigDefault("nfedge.analysis.evaluate", f"EvaluateConfig.{field}")
+
+
+def _energy(field: str) -> ConfigDefault:
+    return ConfigDefault("nfedge.analysis.energy", f"EnergyConfig.{field}")
 
 
 def _format_eval(r: dict) -> str:
@@ -42,13 +53,14 @@ def _format_eval(r: dict) -> str:
 @click.option("--voltage", "voltages", multiple=True, type=float, help="V/Vmin (repeat)")
 @click.option("--ber", "bers", multiple=True, type=float, help="BER fraction (repeat)")
 @click.option("--chips", type=int, help="evaluation chips 0..K-1 per voltage  [default: 10; 1 with --fault map]")
-@click.option("--fault", default="flip", show_default=True, help="flip | stuck-at | map")
+@click.option("--fault", default=_evaluate("fault"), show_default=True, type=str, help="flip | stuck-at | map")
 @click.option("--fault-map", type=click.Path(dir_okay=False), help="measured fault map (JSON), for --fault map")
 @click.option("--faulty-image", "images", multiple=True, type=click.Path(file_okay=False),
               help="a ready faulty image directory (e.g. dumped from a chip), evaluated as it is (repeat)")
 @calibration_option
 @mode_option
-@click.option("--calib-images", default=512, show_default=True, type=int,
+@click.option("--calib-images", default=ConfigDefault("nfedge.integer.calibrate", "CALIBRATION_IMAGES"), show_default=True,
+              type=int,
               help="integer mode: seeded training images that calibrate the integer programs")
 @data_options
 @click.option("--json", "as_json", is_flag=True)
@@ -63,7 +75,7 @@ def evaluate_cmd(base_path, image_dir, generator_paths, voltages, bers, chips, f
     from nfedge.train.eopm import load_generator
 
     ((model, image, meta),) = load_bases([base_path], [image_dir])
-    cfg = EvaluateConfig(voltages=tuple(voltages), bers=tuple(bers), chips=default_chips(chips, fault, 10), fault=fault,
+    cfg = EvaluateConfig(voltages=tuple(voltages), bers=tuple(bers), chips=default_chips(chips, fault, EvaluateConfig.chips), fault=fault,
                          fault_map=fault_map, images=tuple(images), calibration=calibration, mode=mode)
     data = data_config(meta["meta"], dataset, data_root, train_limit, test_limit)
     _, test, _ = load_dataset(data)
@@ -87,28 +99,39 @@ def models_cmd(input_shape, classes, as_json):
     from nfedge.analysis.energy import list_models, parse_input_shape
 
     rows = list_models(parse_input_shape(input_shape), classes)
-    table = "\n".join(["| name | kind | params | MACs | weight accesses |", "|---|---|---|---|---|"] + [
-        f"| {r['name']} | {r['kind']} | {r['params']:,} | {r['macs']:,} | {r['weight_accesses']:,} |"
-        if r.get("params") is not None else f"| {r['name']} | {r['kind']} | - | - | - ({r.get('error', '')}) |" for r in rows])
-    click.echo(json.dumps(rows) if as_json else table)
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+
+    def cell(v) -> str:  # a model that cannot run at this input has parameters but no MACs or accesses
+        return "-" if v is None else f"{v:,}"
+
+    click.echo("\n".join(["| name | kind | params | MACs | weight accesses |", "|---|---|---|---|---|"] + [
+        f"| {r['name']} | {r['kind']} | {cell(r.get('params'))} | {cell(r.get('macs'))} | {cell(r.get('weight_accesses'))}"
+        + (f" ({r['error']})" if r.get("error") else "") + " |" for r in rows]))
 
 
 @cli.command("energy")
-@click.option("--base", default="cnn-s", show_default=True, help="base model name or an nfedge checkpoint (.pt)")
-@click.option("--generator", default="ConvS", show_default=True, help="generator name ('none' for the base alone)")
-@click.option("--input", "input_shape", default="1x32x32", show_default=True, help="input as CxHxW")
-@click.option("--classes", default=10, show_default=True, type=int)
-@click.option("--voltage", type=float, help="base-model SRAM voltage in V/Vmin (default 0.833)")
+@click.option("--base", default=_energy("base"), show_default=True, type=str,
+              help="base model name or an nfedge checkpoint (.pt)")
+@click.option("--generator", default=_energy("generator"), show_default=True, type=str,
+              help="generator name ('none' for the base alone)")
+@click.option("--input", "input_shape", default=_energy("input"), show_default=True, type=str, help="input as CxHxW")
+@click.option("--classes", default=_energy("classes"), show_default=True, type=int)
+@click.option("--voltage", default=_energy("voltage"), show_default=True, type=float,
+              help="base-model SRAM voltage in V/Vmin")
 @click.option("--ber", type=float, help="or the BER; the voltage is found from the calibration table")
-@click.option("--calibration", default="sram-14nm", show_default=True)
+@click.option("--calibration", default=_energy("calibration"), show_default=True, type=str)
 @click.option("--json", "as_json", is_flag=True)
 def energy_cmd(base, generator, input_shape, classes, voltage, ber, calibration, as_json):
     """Weight-memory accesses, MACs, energy saving ES (paper Eq. 6) and MAC-ES (Eq. 7)."""
     from nfedge.analysis.energy import EnergyConfig, estimate_energy
 
+    voltage_given = click.get_current_context().get_parameter_source("voltage") is ParameterSource.COMMANDLINE
+    if ber is not None and not voltage_given:
+        voltage = None  # --ber alone: the table gives the voltage
     cfg = EnergyConfig(base=base, generator=None if generator.lower() == "none" else generator, input=input_shape,
-                       classes=classes, voltage=voltage if voltage is not None or ber is not None else 0.833, ber=ber,
-                       calibration=calibration)
+                       classes=classes, voltage=voltage, ber=ber, calibration=calibration)
     r = estimate_energy(cfg)
     lines = [f"{k}: {v}" for k, v in r.items()]
     click.echo(json.dumps(r, sort_keys=True) if as_json else "\n".join(lines))

@@ -14,6 +14,27 @@ from nfedge.errors import NfedgeError
 from nfedge.integer import MODES
 
 
+class ConfigDefault:
+    """An option's default that lives in a stage's config dataclass (`default=ConfigDefault("module", "Class.field")`),
+    so the CLI never restates it. Click calls it when it needs the value (parsing) and str()s it for --help; only then
+    is the stage module imported, so `nfedge --help` and the other commands do not pay for its torch or TVM.
+    Give the option its `type`: click cannot infer it from this object."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+
+    def __call__(self):
+        import importlib
+
+        value = importlib.import_module(self.module)
+        for part in self.name.split("."):
+            value = getattr(value, part)
+        return value
+
+    def __str__(self) -> str:
+        return str(self())
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="nfedge")
 def cli() -> None:
@@ -21,17 +42,19 @@ def cli() -> None:
 
 
 def calibration_option(fn):
-    return click.option("--calibration", default="sram-14nm", show_default=True,
+    return click.option("--calibration", default=ConfigDefault("nfedge.sram.calibration", "DEFAULT_CALIBRATION"),
+                        show_default=True, type=str,
                         help="SRAM table giving --voltage its BER: built-in name or TOML file")(fn)
 
 
 def data_options(fn):
     fn = click.option("--test-limit", type=int, help="evaluate on a seeded subset of the test set")(fn)
     fn = click.option("--train-limit", type=int, help="train on a seeded subset of the training set")(fn)
-    fn = click.option("--data-root", help="dataset folder, or the .npz file (default: the Debian package's, "
-                      "Fashion-MNIST)")(fn)
+    fn = click.option("--data-root", help="dataset folder, or the .npz file (default: the checkpoint's recorded "
+                      "root; without a checkpoint, the data set's default location: Fashion-MNIST's Debian package)")(fn)
     fn = click.option("--dataset", default=None, help="fashion-mnist | cifar10 | cifar100 | gtsrb, or your own: "
-                      "folder (train/<class>/, test/<class>/ images) | npz (x_train, y_train, x_test, y_test)")(fn)
+                      "folder (train/<class>/, test/<class>/ images) | npz (x_train, y_train, x_test, y_test)  "
+                      "[default: with a checkpoint, the data set it records; otherwise fashion-mnist]")(fn)
     return fn
 
 
@@ -39,18 +62,25 @@ def data_config(base_meta: dict | None, dataset, data_root, train_limit, test_li
     """The data config: the checkpoint's (if any), with the options given on the command line on top."""
     from nfedge.data import DataConfig
 
-    d = dict((base_meta or {}).get("config", {}).get("data") or {}) or DataConfig().to_dict()
+    recorded = dict((base_meta or {}).get("config", {}).get("data") or {})
+    d = recorded or DataConfig().to_dict()
     for k, v in (("dataset", dataset), ("root", data_root), ("train_limit", train_limit), ("test_limit", test_limit)):
         if v is not None:
             d[k] = v
-    return DataConfig.from_dict(d)
+    cfg = DataConfig.from_dict(d)
+    return cfg.check_recorded_root("the checkpoint") if recorded and data_root is None else cfg
 
 
-def emit(result: dict, as_json: bool, out: str | None, table: str) -> None:
-    from nfedge.fileio import atomic_write_json
+def emit(result: dict, as_json: bool, out: str | None, table: str, files: dict | None = None) -> None:
+    """The result on stdout, and in --out as JSON together with the command's other `files` ({path: bytes}):
+    all of them are written or none is (a full disk after the first)."""
+    from nfedge.fileio import atomic_write_files, json_bytes
 
+    files = dict(files or {})
     if out:
-        atomic_write_json(out, result)
+        files[out] = json_bytes(result)
+    if files:
+        atomic_write_files(files)
     click.echo(json.dumps(result, sort_keys=True) if as_json else table)
 
 

@@ -4,8 +4,9 @@ energy saving there) for the base model alone, behind SECDED ECC and behind each
 from __future__ import annotations
 
 import click
+from click.core import ParameterSource
 
-from nfedge.cli.common import calibration_option, cli, data_config, data_options, emit, load_bases
+from nfedge.cli.common import ConfigDefault, calibration_option, cli, data_config, data_options, emit, load_bases
 from nfedge.errors import NfedgeError
 
 
@@ -21,28 +22,36 @@ def _energy_base(base_path: str, meta: dict) -> str:
     raise NfedgeError(f"base checkpoint {base_path}: name it *.pt so its energy can be counted (an imported model)")
 
 
+def _default(field: str) -> ConfigDefault:
+    return ConfigDefault("nfedge.analysis.plan", f"PlanConfig.{field}")
+
+
 @cli.command("plan")
 @click.option("--base", "base_path", required=True, help="base checkpoint (.pt)")
 @click.option("--image", "image_dir", required=True, help="its clean memory image")
 @click.option("--generator", "generator_paths", multiple=True, help="generator checkpoint (repeat; each is an option)")
 @click.option("--floor", type=float, help="accuracy floor in % (absolute)")
-@click.option("--floor-drop", type=float, help="or the floor as points below the base model's CA  [default: 2]")
-@click.option("--quantile", default=0.05, show_default=True, type=float, help="chip quantile that must meet the floor")
-@click.option("--chips", default=20, show_default=True, type=int, help="search chips 0..K-1 (at least 5)")
+@click.option("--floor-drop", default=_default("floor_drop"), show_default=True, type=float,
+              help="or the floor as points below the base model's CA")
+@click.option("--quantile", default=_default("quantile"), show_default=True, type=float,
+              help="chip quantile that must meet the floor")
+@click.option("--chips", default=_default("chips"), show_default=True, type=int, help="search chips 0..K-1 (at least 5)")
 @click.option("--confirm-chips", type=int, help="fresh chips K.. re-measured at the voltage found  [default: K; 0: none]")
-@click.option("--fault", default="flip", show_default=True, help="flip | stuck-at")
+@click.option("--fault", default=_default("fault"), show_default=True, type=str, help="flip | stuck-at")
 @click.option("--v-min", type=float, help="lowest voltage searched, V/Vmin  [default: the table's]")
 @click.option("--v-max", type=float, help="highest voltage searched, V/Vmin  [default: the table's]")
-@click.option("--tolerance", default=0.001, show_default=True, type=float, help="bisection bracket, V/Vmin")
+@click.option("--tolerance", default=_default("tolerance"), show_default=True, type=float,
+              help="bisection bracket, V/Vmin")
 @click.option("--no-ecc", is_flag=True, help="leave out the SECDED (72,64) option")
-@click.option("--ecc-uncorrectable", default="zero", show_default=True,
+@click.option("--ecc-uncorrectable", default=_default("ecc_uncorrectable"), show_default=True, type=str,
               help="a detected-uncorrectable ECC word: zero | keep (as read)")
 @calibration_option
 @data_options
 @click.option("--json", "as_json", is_flag=True, help="print the result JSON instead of the table")
 @click.option("--out", type=click.Path(dir_okay=False), help="also write the result JSON here")
 @click.option("--plot", type=click.Path(dir_okay=False), help="PNG of achievable ES against the floor (CA .. CA-20)")
-@click.option("--plot-step", default=0.005, show_default=True, type=float, help="the plot's voltage grid, V/Vmin")
+@click.option("--plot-step", default=_default("curve_step"), show_default=True, type=float,
+              help="the plot's voltage grid, V/Vmin")
 @click.option("--table", type=click.Path(dir_okay=False), help="also write the Markdown table here")
 def plan_cmd(base_path, image_dir, generator_paths, floor, floor_drop, quantile, chips, confirm_chips, fault, v_min,
              v_max, tolerance, no_ecc, ecc_uncorrectable, calibration, dataset, data_root, train_limit, test_limit,
@@ -50,16 +59,17 @@ def plan_cmd(base_path, image_dir, generator_paths, floor, floor_drop, quantile,
     """Lowest weight-SRAM voltage at which the chip quantile meets the floor, and the energy saving there:
     base alone, base + SECDED ECC, base behind each generator."""
     from nfedge.analysis.plan import PlanConfig, plan_markdown, plan_operating_points
-    from nfedge.analysis.plan_plot import write_plot
+    from nfedge.analysis.plan_plot import plot_png
     from nfedge.data import load_dataset
-    from nfedge.fileio import atomic_write_text, sha256_file
+    from nfedge.fileio import sha256_file
     from nfedge.train.eopm import load_generator
 
-    if floor is not None and floor_drop is not None:
+    drop_given = click.get_current_context().get_parameter_source("floor_drop") is ParameterSource.COMMANDLINE
+    if floor is not None and drop_given:
         raise NfedgeError("give --floor or --floor-drop, not both")
     ((model, image, meta),) = load_bases([base_path], [image_dir])
     cfg = PlanConfig(base=_energy_base(base_path, meta), classes=int(meta["num_classes"]), floor=floor,
-                     floor_drop=2.0 if floor_drop is None else floor_drop, quantile=quantile, chips=chips,
+                     floor_drop=floor_drop, quantile=quantile, chips=chips,
                      confirm_chips=chips if confirm_chips is None else confirm_chips, fault=fault, v_min=v_min,
                      v_max=v_max, tolerance=tolerance, ecc=not no_ecc, ecc_uncorrectable=ecc_uncorrectable,
                      calibration=calibration, curve=plot is not None, curve_step=plot_step)
@@ -75,8 +85,7 @@ def plan_cmd(base_path, image_dir, generator_paths, floor, floor_drop, quantile,
     r["inputs"] = {"base": {"path": str(base_path), "sha256": sha256_file(base_path)}, "image": str(image_dir),
                    "generators": files, "data": dcfg.to_dict()}
     md = plan_markdown(r)
-    if table:
-        atomic_write_text(table, md + "\n")
+    written = {table: (md + "\n").encode()} if table else {}
     if plot:
-        write_plot(r, plot)
-    emit(r, as_json, out, md)
+        written[plot] = plot_png(r)
+    emit(r, as_json, out, md, written)

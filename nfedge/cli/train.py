@@ -112,9 +112,9 @@ def train_cmd(base_paths, image_dirs, generator, ber, voltage, fault, calibratio
     import torch.distributed as dist
 
     from nfedge.data import load_dataset
-    from nfedge.fileio import atomic_write_json
+    from nfedge.fileio import atomic_write_files, json_bytes
     from nfedge.integer.calibrate import checkpoint_ranges
-    from nfedge.train.eopm import EOPMConfig, save_generator, train_generator
+    from nfedge.train.eopm import EOPMConfig, generator_bytes, train_generator
 
     bases = load_bases(base_paths, image_dirs)
     cfg = EOPMConfig(generator=generator, ber=ber if ber is not None or voltage is not None else 0.01, voltage=voltage,
@@ -132,8 +132,10 @@ def train_cmd(base_paths, image_dirs, generator, ber, voltage, fault, calibratio
     if not distributed or dist.get_rank() == 0:
         meta = {"config": cfg.to_dict(), "data": data.to_dict(), **log,
                 "bases": [{"checkpoint": str(b), "image_sha256": i.manifest.image_sha256} for b, (_, i, _) in zip(base_paths, bases)]}
-        save_generator(Path(out) / "generator.pt", gen, cfg.generator, info.channels, info.image_size, meta)
-        atomic_write_json(Path(out) / "config.json", meta)
+        # both files or neither (a full disk between them), and no folder of ours left if neither
+        atomic_write_files({Path(out) / "generator.pt": generator_bytes(gen, cfg.generator, info.channels,
+                                                                        info.image_size, meta),
+                            Path(out) / "config.json": json_bytes(meta)})
         click.echo(f"wrote {Path(out) / 'generator.pt'}", err=True)
     if distributed:
         dist.destroy_process_group()

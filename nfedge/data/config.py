@@ -56,6 +56,18 @@ class DataConfig(StageConfig):
                     f"{name} must be a positive integer or None, got {v!r}")
         require(isinstance(self.seed, int) and not isinstance(self.seed, bool), "seed must be an integer")
 
+    def absolute(self) -> "DataConfig":
+        """This config with an absolute root: what a checkpoint records, so that later stages run from another
+        folder (faultrun, evaluate, nfedge run) read the same data."""
+        return self if self.root is None else dataclasses.replace(self, root=str(Path(self.root).expanduser().resolve()))
+
+    def check_recorded_root(self, where: str) -> "DataConfig":
+        """This config, read from `where` (a checkpoint), if its root exists; else a one-line error saying the path
+        came from there and how to read the data from elsewhere."""
+        if self.root is not None and not Path(self.root).expanduser().exists():
+            raise NfedgeError(f"dataset root {self.root} (recorded in {where} when the model was trained or imported) "
+                              "does not exist; pass --data-root with the data's current path")
+        return self
 
 
 def require_dir(root: Path | None, title: str, expected: str) -> Path:

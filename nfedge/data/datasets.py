@@ -63,6 +63,23 @@ def load_dataset(cfg: DataConfig | None = None) -> tuple[TensorDataset, TensorDa
     return train, test, info
 
 
+def describe_dataset(train: TensorDataset, test: TensorDataset, info: DatasetInfo) -> list[str]:
+    """What was loaded, for the user to check before training on it: one summary line (classes, channels, size,
+    images per split), then a warning line if a class has no training image (the model could never learn it)."""
+    y = train.tensors[1]
+    per_class = torch.bincount(y, minlength=info.num_classes).tolist()
+    names = list(info.class_names) if info.class_names else [str(i) for i in range(info.num_classes)]
+    shown = ", ".join(names[:10]) + (f", ... (+{len(names) - 10})" if len(names) > 10 else "")
+    lines = [f"data: {info.name} from {info.root}: {info.num_classes} classes ({shown}), {info.channels} channel"
+             f"{'s' if info.channels > 1 else ''}, {info.image_size[0]}x{info.image_size[1]}; {info.num_train} training "
+             f"images ({min(per_class)}..{max(per_class)} per class), {info.num_test} test images"]
+    empty = [names[i] for i, n in enumerate(per_class) if n == 0]
+    if empty:
+        lines.append(f"warning: {len(empty)} class{'es' if len(empty) > 1 else ''} with no training image: "
+                     f"{', '.join(empty)} (the model cannot learn {'them' if len(empty) > 1 else 'it'})")
+    return lines
+
+
 def scale_images(x: np.ndarray) -> torch.Tensor:
     """uint8 pixels -> float32 in [-1, 1]: 0 -> -1 and 255 -> 1 exactly (x / 255 * 2 - 1)."""
     f = np.asarray(x, dtype=np.uint8).astype(np.float32)

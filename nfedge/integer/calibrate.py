@@ -78,7 +78,9 @@ def _affine(op: Op, model: nn.Module, channels: int) -> tuple[np.ndarray, np.nda
     g, shift = np.ones(channels), np.zeros(channels)
     if "bn" in op.attrs:
         bn = mods[op.attrs["bn"]]
-        gt = bn.weight.detach().double() / torch.sqrt(bn.running_var.detach().double() + bn.eps)
+        # an exported program's BatchNorm is a plain module holding the tensors; its eps was an argument in the graph
+        eps = op.attrs.get("bn_eps", getattr(bn, "eps", None))
+        gt = bn.weight.detach().double() / torch.sqrt(bn.running_var.detach().double() + eps)
         g, shift = gt.numpy(), (bn.bias.detach().double() - gt * bn.running_mean.detach().double()).numpy()
     return g, g * b + shift
 

@@ -24,6 +24,7 @@ import torch.fx
 from torch import nn
 
 from nfedge.errors import NfedgeError
+from nfedge.integer.layers import GUARDS, SIZE, SUPPORTED, Refused, arg, function_op, layer_of, module_op
 
 ACTIVATIONS = ("none", "relu", "tanh")
 INPUT = "input"
@@ -59,109 +60,135 @@ class Program:
         return f"{op.module}.weight" if op.module else "weight"
 
 
-def _const_int(v: Any, what: str) -> int:
-    v = v[0] if isinstance(v, (tuple, list)) and len(set(v)) == 1 else v
-    if not isinstance(v, int):
-        raise NfedgeError(f"integer mode: {what} must be one integer for both axes, got {v!r}")
-    return v
+class _Trace:
+    """One trace's state: the operators so far, the program tensor each graph node is, and the refused layers."""
+
+    def __init__(self, gm: torch.fx.GraphModule) -> None:
+        self.mods = dict(gm.named_modules())
+        self.params = {**dict(gm.named_parameters()), **dict(gm.named_buffers())}
+        self.users = {n: len(n.users) for n in gm.graph.nodes}
+        self.names = {n.name for n in gm.graph.nodes}
+        self.ops: list[Op] = []
+        self.name_of: dict[torch.fx.Node, str] = {}
+        self.producer: dict[str, Op] = {}
+        self.bad: set[str] = set()  # outputs of refused layers: the layers after them are still checked
+        self.sizes: dict[torch.fx.Node, int | None] = {}  # nodes that are a tensor's size (dim, or None: all)
+        self.tuples: set[torch.fx.Node] = set()  # BatchNorms returning (y, stats): their item 0 is y
+        self.problems: list[str] = []
+        self.output: str | None = None
+
+    def src(self, n: Any) -> str:
+        if isinstance(n, torch.fx.Node) and n in self.name_of:
+            return self.name_of[n]
+        if n in self.sizes:
+            raise Refused("uses a tensor's size as a value")
+        what = n.target if isinstance(n, torch.fx.Node) and n.op == "get_attr" else repr(n)
+        raise Refused(f"reads {what} as an input tensor")
+
+    def emit(self, node: torch.fx.Node, kind: str, inputs: list[str], module: str = "", output: str = "", **attrs) -> None:
+        op = Op(kind, inputs, output or node.name, module, attrs)
+        self.ops.append(op)
+        self.name_of[node] = op.output
+        self.producer[op.output] = op
+
+    def fresh(self, base: str) -> str:
+        while base in self.names:
+            base += "_"
+        self.names.add(base)
+        return base
+
+    def fuse(self, node: torch.fx.Node, kind: str, info: dict) -> bool:
+        """Fold a BatchNorm / ReLU / Tanh into the conv or linear producing its input, when it is that op's only user."""
+        into = self.name_of[node]
+        op = self.producer.get(into)
+        if op is None or op.kind not in ("conv", "linear") or self.users[node.args[0]] != 1:
+            return False
+        if kind == "bn" and op.activation == "none" and "bn" not in op.attrs:
+            op.attrs.update(bn=info["bn"], bn_eps=info["eps"])
+        elif kind in ("relu", "tanh") and op.activation == "none":
+            op.activation = kind
+        else:
+            return False
+        return True
+
+    def node(self, node: torch.fx.Node, what: str) -> None:
+        t = node.target
+        if node.op == "placeholder":
+            if self.name_of:
+                raise NfedgeError("integer mode: models take one input")
+            self.name_of[node] = INPUT
+            return
+        if node.op == "get_attr" or t in GUARDS or (node.op == "call_module" and t == "_guards_fn" and not node.users):
+            return  # parameters are read by the layers that use them; guards only check the input's shape
+        if node.op == "output":
+            out = node.args[0]
+            out = out[0] if isinstance(out, (tuple, list)) and len(out) == 1 else out
+            if not isinstance(out, torch.fx.Node):
+                raise Refused("returns several tensors: integer mode takes one output")
+            self.output = self.src(out)
+            return
+        if t in SIZE or (t is getattr and node.args[1] == "shape"):
+            self.sizes[node] = arg(node, 1, "dim") if t in SIZE else None
+            return
+        if t is operator.getitem:
+            a, i = node.args
+            if a in self.sizes and self.sizes[a] is None:
+                self.sizes[node] = i
+            elif a in self.tuples and i == 0:
+                self.name_of[node] = self.name_of[a]
+            elif isinstance(a, torch.fx.Node) and self.name_of.get(a) in self.bad:
+                self.name_of[node] = self.name_of[a]
+            else:
+                raise Refused("takes an item of a tuple: integer mode takes single tensors")
+            return
+        kind, info = (module_op(self.mods[t], what, t) if node.op == "call_module"
+                      else function_op(node, what, self.params, self.sizes))
+        if kind in ("bn", "relu", "tanh"):
+            self.name_of[node] = self.src(node.args[0])
+            if info.get("tuple"):
+                self.tuples.add(node)
+            if self.name_of[node] not in self.bad and not self.fuse(node, kind, info):
+                raise Refused(f"{what}: not directly after a conv or linear layer")
+        elif kind == "concat":
+            self.emit(node, "concat", [self.src(a) for a in info["tensors"]])
+        elif kind == "avgpool" and not info["keepdim"]:  # x.mean((2, 3)): global average pooling, then flatten
+            pooled = self.fresh(f"{node.name}_pool")
+            self.emit(node, "avgpool", [self.src(node.args[0])], output=pooled)
+            self.emit(node, "flatten", [pooled])
+        else:
+            module = info.pop("module", "")
+            info.pop("keepdim", None)
+            self.emit(node, kind, [self.src(node.args[0])], module, **info)
 
 
 def trace_program(model: nn.Module, weights_from_image: bool) -> Program:
     """The operator structure of `model` (eval mode): conv/linear (+ BatchNorm, + ReLU/Tanh fused), max and
-    global-average pooling, nearest upsampling, channel concat, flatten. Anything else is a one-line error
-    naming the layer: integer mode supports what nfedge's registered small models and generators use."""
-    try:
-        gm = torch.fx.symbolic_trace(model.eval())
-    except Exception as e:  # noqa: BLE001 - torch.fx raises many types for untraceable code
-        raise NfedgeError(f"integer mode: {type(model).__name__} cannot be traced by torch.fx "
-                          f"({type(e).__name__}); the weight-only mode still works") from None
-    mods = dict(gm.named_modules())
-    ops: list[Op] = []
-    name_of: dict[torch.fx.Node, str] = {}
-    producer: dict[str, Op] = {}
-    users = {n: len(n.users) for n in gm.graph.nodes}
-
-    def src(n) -> str:
-        if not isinstance(n, torch.fx.Node) or n not in name_of:
-            raise NfedgeError(f"integer mode: unsupported operand {n!r}")
-        return name_of[n]
-
-    def emit(node, kind, inputs, module="", **attrs) -> None:
-        op = Op(kind, inputs, node.name, module, attrs)
-        ops.append(op)
-        name_of[node] = node.name
-        producer[node.name] = op
-
-    def fuse(node, into: str) -> bool:
-        """Fold this node (BatchNorm / ReLU / Tanh) into the op producing `into`, when it is that op's only user."""
-        op = producer.get(into)
-        if op is None or op.kind not in ("conv", "linear") or users[node.args[0]] != 1:
-            return False
-        m = mods.get(node.target) if node.op == "call_module" else None
-        if isinstance(m, nn.BatchNorm2d) and op.activation == "none" and "bn" not in op.attrs:
-            op.attrs["bn"] = node.target
-        elif (isinstance(m, nn.ReLU) or node.target in (torch.relu, torch.nn.functional.relu)) and op.activation == "none":
-            op.activation = "relu"
-        elif (isinstance(m, nn.Tanh) or node.target is torch.tanh) and op.activation == "none":
-            op.activation = "tanh"
-        else:
-            return False
-        name_of[node] = into
-        return True
-
+    global-average pooling (AdaptiveAvgPool2d(1) or a mean over H,W), nearest upsampling, channel concat, flatten.
+    A module is traced with torch.fx; an exported program's module (nfedge.train.model_source.load_program) is a
+    graph of aten operators already and is read as it is. Every layer outside that set is named in one error."""
+    model = model.eval()
+    if isinstance(model, torch.fx.GraphModule):
+        gm = model  # tracing it again would turn its input guards into size computations
+    else:
+        try:
+            gm = torch.fx.symbolic_trace(model)
+        except Exception as e:  # noqa: BLE001 - torch.fx raises many types for untraceable code
+            raise NfedgeError(f"integer mode: {type(model).__name__} cannot be traced by torch.fx "
+                              f"({type(e).__name__}); the weight-only mode still works") from None
+    tr = _Trace(gm)
     for node in gm.graph.nodes:
-        if node.op == "placeholder":
-            if name_of:
-                raise NfedgeError("integer mode: models take one input")
-            name_of[node] = INPUT
-        elif node.op == "output":
-            out = src(node.args[0])
-        elif node.op == "call_module":
-            m = mods[node.target]
-            what = f"layer {node.target} ({type(m).__name__})"
-            if isinstance(m, (nn.BatchNorm2d, nn.ReLU, nn.Tanh)):
-                if not fuse(node, src(node.args[0])):
-                    raise NfedgeError(f"integer mode: {what} must directly follow a conv or linear layer")
-            elif isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-                if m.groups != 1 or _const_int(m.dilation, f"{what} dilation") != 1:
-                    raise NfedgeError(f"integer mode: {what}: grouped or dilated convolutions are not supported yet")
-                transposed = isinstance(m, nn.ConvTranspose2d)
-                emit(node, "conv", [src(node.args[0])], node.target, transposed=transposed,
-                     stride=_const_int(m.stride, f"{what} stride"), padding=_const_int(m.padding, f"{what} padding"),
-                     output_padding=_const_int(m.output_padding, f"{what} output_padding") if transposed else 0)
-            elif isinstance(m, nn.Linear):
-                emit(node, "linear", [src(node.args[0])], node.target)
-            elif isinstance(m, nn.MaxPool2d):
-                k = _const_int(m.kernel_size, f"{what} kernel")
-                if _const_int(m.stride, f"{what} stride") != k or _const_int(m.padding, f"{what} padding") != 0:
-                    raise NfedgeError(f"integer mode: {what}: only non-overlapping pooling (stride = kernel, no padding)")
-                emit(node, "maxpool", [src(node.args[0])], kernel=k)
-            elif isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)):
-                emit(node, "avgpool", [src(node.args[0])])
-            elif isinstance(m, nn.Upsample) and m.mode == "nearest" and isinstance(m.scale_factor, (int, float)) \
-                    and float(m.scale_factor).is_integer():
-                emit(node, "upsample", [src(node.args[0])], factor=int(m.scale_factor))
-            elif isinstance(m, nn.Flatten):
-                emit(node, "flatten", [src(node.args[0])])
-            else:
-                raise NfedgeError(f"integer mode: {what} is not supported")
-        elif node.op == "call_method" and node.target == "flatten":
-            emit(node, "flatten", [src(node.args[0])])
-        elif node.op == "call_function" and node.target is torch.flatten:
-            emit(node, "flatten", [src(node.args[0])])
-        elif node.op == "call_function" and node.target is torch.cat:
-            dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
-            if dim != 1:
-                raise NfedgeError("integer mode: torch.cat is supported along channels (dim=1) only")
-            emit(node, "concat", [src(a) for a in node.args[0]])
-        elif node.op == "call_function" and node.target in (torch.relu, torch.nn.functional.relu, torch.tanh):
-            if not fuse(node, src(node.args[0])):
-                raise NfedgeError(f"integer mode: {node.name} must directly follow a conv or linear layer")
-        elif node.op == "call_function" and node.target is operator.getitem:
-            raise NfedgeError("integer mode: tuple outputs are not supported")
-        else:
-            raise NfedgeError(f"integer mode: operation {node.target} ({node.op}) is not supported")
-    return Program(ops=ops, output=out, weights_from_image=weights_from_image)
+        where, what = layer_of(node, tr.mods) if node.op.startswith("call_") else (node.name, node.op)
+        try:
+            tr.node(node, what)
+        except Refused as e:
+            tr.problems.append(f"{where} ({e})")
+            tr.name_of[node] = node.name
+            tr.bad.add(node.name)
+    if tr.problems:
+        n = len(tr.problems)
+        raise NfedgeError(f"integer mode cannot take {n} layer{'s' if n > 1 else ''} of this model: "
+                          f"{', '.join(tr.problems)}; supported: {SUPPORTED}; build with --mode weight-only")
+    return Program(ops=tr.ops, output=tr.output, weights_from_image=weights_from_image)
 
 
 PROGRAM_FORMAT, PROGRAM_VERSION = "nfedge-integer-program", 1

@@ -41,6 +41,6 @@ class LiveWeights:
         shift = torch.zeros_like(b)
         if "bn" in op.attrs:
             bn = self.mods[op.attrs["bn"]]
-            g = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            g = bn.weight / torch.sqrt(bn.running_var + op.attrs.get("bn_eps", getattr(bn, "eps", None)))
             shift = bn.bias - g * bn.running_mean
         return wq, g, g * b + shift

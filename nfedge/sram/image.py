@@ -24,7 +24,7 @@ from torch import nn
 from nfedge import __version__
 from nfedge.config import StageConfig, require
 from nfedge.errors import NfedgeError
-from nfedge.fileio import atomic_dir, atomic_write_json, sha256_bytes
+from nfedge.fileio import atomic_dir, atomic_write_files, json_bytes, sha256_bytes
 from nfedge.quant import check_bits, dequantize, quantizable_weight_names, quantize_symmetric
 
 IMAGE_FORMAT = "nfedge-weight-image"
@@ -201,9 +201,9 @@ def with_codes(image: WeightImage, codes: np.ndarray, faults: dict[str, Any] | N
 
 def write_image(image: WeightImage, out_dir: str | Path) -> Path:
     """Write weights.bin + manifest.json atomically (the directory appears complete or not at all)."""
-    with atomic_dir(out_dir) as tmp:
-        (tmp / IMAGE_FILE).write_bytes(image.codes.tobytes())
-        atomic_write_json(tmp / MANIFEST_FILE, image.manifest.to_dict())
+    with atomic_dir(out_dir) as tmp:  # an OSError names <out_dir>/weights.bin, not the temp dir
+        atomic_write_files({tmp / IMAGE_FILE: image.codes.tobytes(),
+                            tmp / MANIFEST_FILE: json_bytes(image.manifest.to_dict())})
     return Path(out_dir)
 
 

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from nfedge.config import StageConfig, require
 from nfedge.data import DataConfig, load_dataset
-from nfedge.fileio import atomic_write_json
+from nfedge.data.datasets import describe_dataset
+from nfedge.fileio import atomic_write_files, json_bytes, made_dirs
 from nfedge.integer import MODES
 from nfedge.integer.calibrate import calibrate
 from nfedge.integer.program import trace_program
@@ -27,7 +28,7 @@ from nfedge.progress import DEFAULT, Progress
 from nfedge.quant import check_bits, fake_quantized_weights
 from nfedge.runtime import batches, pick_device, seed_everything, seeded_subset
 from nfedge.sram.image import build_image
-from nfedge.train.checkpoint import atomic_torch_save, save_checkpoint
+from nfedge.train.checkpoint import atomic_torch_save, checkpoint_bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,10 +76,21 @@ def qat_accuracy(model: torch.nn.Module, data, bits: int, per_channel: bool, dev
 
 def train_base(cfg: TrainBaseConfig, out_dir: str | Path, progress: Progress = DEFAULT) -> Path:
     out = Path(out_dir)
+    # the checkpoint records the data's absolute path: later stages run from other folders
+    cfg = dataclasses.replace(cfg, data=cfg.data.absolute())
     device = pick_device(cfg.device)
     gen = seed_everything(cfg.seed)
     train, test, info = load_dataset(cfg.data)
-    out.mkdir(parents=True, exist_ok=True)  # after the data loaded: a data error leaves no empty run folder
+    for line in describe_dataset(train, test, info):
+        progress.info(line)
+    # After the data loaded: a data error creates no folder. A later failure (a full disk) removes the folders this
+    # call created unless a resume point is in them: the next run continues from it.
+    with made_dirs(out):
+        return _train(cfg, out, device, gen, train, test, info, progress)
+
+
+def _train(cfg: TrainBaseConfig, out: Path, device: torch.device, gen: torch.Generator, train, test, info,
+           progress: Progress) -> Path:
     model = create_base_model(cfg.model, in_channels=info.channels, num_classes=info.num_classes).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * -(-len(train) // cfg.batch_size)
@@ -118,8 +130,9 @@ def train_base(cfg: TrainBaseConfig, out_dir: str | Path, progress: Progress = D
             "dataset": dataclasses.asdict(info)}
     if cfg.mode == "integer":
         meta["integer"] = integer_qat(model, train, test, cfg, gen, progress)
-    save_checkpoint(out / "base.pt", model.cpu(), cfg.model, info.channels, info.num_classes, meta)
-    atomic_write_json(out / "config.json", cfg.to_dict())
+    # base.pt and config.json appear together or not at all (a full disk after the one, before the other)
+    ckpt = checkpoint_bytes(model.cpu(), cfg.model, info.channels, info.num_classes, meta)
+    atomic_write_files({out / "base.pt": ckpt, out / "config.json": json_bytes(cfg.to_dict())})
     resume.unlink(missing_ok=True)
     return out / "base.pt"
 

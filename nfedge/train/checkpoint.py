@@ -85,13 +85,15 @@ def load_checkpoint(path: str | Path, allow_code: bool = True) -> tuple[nn.Modul
     return model, {k: v for k, v in ckpt.items() if k != "state_dict"}
 
 
-def checkpoint_data(meta: dict[str, Any], where: str | Path) -> DataConfig:
-    """The dataset a base checkpoint was trained (or imported) on: what build (calibration) and faultrun read."""
+def checkpoint_data(meta: dict[str, Any], where: str | Path, root: str | None = None) -> DataConfig:
+    """The dataset a base checkpoint was trained (or imported) on: what build (calibration) and faultrun read.
+    `root` (a --data-root) replaces the recorded root, e.g. for data moved since."""
     d = meta["meta"].get("config", {}).get("data")
     if d is None:
         raise NfedgeError(f"{where}: the base checkpoint records no dataset (import-model without --dataset); "
                           "import it again with --dataset")
-    return DataConfig.from_dict(d)
+    cfg = DataConfig.from_dict(d)
+    return DataConfig.from_dict({**d, "root": root}) if root is not None else cfg.check_recorded_root(f"checkpoint {where}")
 
 
 def checkpoint_input_shape(meta: dict[str, Any]) -> tuple[int, int, int]:

@@ -28,6 +28,7 @@ from torch import nn
 
 from nfedge.config import StageConfig, require
 from nfedge.errors import NfedgeError
+from nfedge.fileio import atomic_write_bytes
 from nfedge.integer import MODES
 from nfedge.integer.calibrate import CALIBRATION_IMAGES, INPUT_SCALE, calibrate, program_weights
 from nfedge.integer.program import trace_program
@@ -39,7 +40,7 @@ from nfedge.progress import DEFAULT, Progress
 from nfedge.runtime import batches, pick_device, seed_everything, seeded_subset
 from nfedge.sram.faults import FAULT_MODELS, InjectConfig, inject_faults
 from nfedge.sram.image import WeightImage
-from nfedge.train.checkpoint import atomic_torch_save, load_torch_file
+from nfedge.train.checkpoint import load_torch_file, torch_bytes
 from nfedge.train.perturb import fold_batchnorm, forward_many, perturbed_weights, training_chips
 
 GENERATOR_FORMAT = "nfedge-generator"
@@ -223,10 +224,16 @@ def train_generator(cfg: EOPMConfig, bases: list[tuple[nn.Module, WeightImage]],
     return gen.cpu(), {"history": history, "steps": step, "world_size": world}
 
 
+def generator_bytes(generator: nn.Module, name: str, in_channels: int, input_size: tuple[int, int],
+                    meta: dict[str, Any]) -> bytes:
+    """A generator checkpoint as torch.save writes it (for writing it atomically together with other files)."""
+    return torch_bytes({"format": GENERATOR_FORMAT, "version": 1, "generator": name, "in_channels": in_channels,
+                        "input_size": list(input_size), "state_dict": generator.state_dict(), "meta": meta})
+
+
 def save_generator(path: str | Path, generator: nn.Module, name: str, in_channels: int, input_size: tuple[int, int],
                    meta: dict[str, Any]) -> None:
-    atomic_torch_save(path, {"format": GENERATOR_FORMAT, "version": 1, "generator": name, "in_channels": in_channels,
-                             "input_size": list(input_size), "state_dict": generator.state_dict(), "meta": meta})
+    atomic_write_bytes(path, generator_bytes(generator, name, in_channels, input_size, meta))
 
 
 def load_generator(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:

@@ -10,9 +10,10 @@ The checkpoint's "source" says how to rebuild the module (nfedge.train.checkpoin
 rebuild_module): the class path, kwargs and the sha256 of the class's source file; or the .pt2 bytes
 themselves with their sha256 (embedded, so a bundle's host/base.pt copy stays self-contained).
 
-Only code the user names is imported: the named module (or file, loaded on its own: sys.path is not
-changed). Loading a class-sourced checkpoint imports that class again, so treat such a checkpoint like
-code; an exported program holds no Python code.
+Only code the user names is imported: the named module, or the named file with its folder on sys.path during
+its import (nfedge.train.model_source); the sha256 of every module file loaded from that folder is recorded.
+Loading a class-sourced checkpoint imports that class again, so treat such a checkpoint like code; an exported
+program holds no Python code.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from nfedge.train.model_source import (
     class_source_file,
     construct,
     first_line,
+    folder_files,
     import_class,
     load_program,
 )
@@ -144,6 +146,8 @@ def float_accuracy(model: nn.Module, test) -> float:
 
 def import_model(cfg: ImportModelConfig, out_dir: str | Path, progress: Progress = DEFAULT) -> Path:
     """Build, check and write the user's classifier as <out>/base.pt (atomically: nothing on error)."""
+    if cfg.data is not None:  # recorded with its absolute path: later stages run from other folders
+        cfg = dataclasses.replace(cfg, data=cfg.data.absolute())
     if cfg.model_class is not None:
         cls = import_class(cfg.model_class)
         model = construct(cls, cfg.kwargs)
@@ -153,6 +157,8 @@ def import_model(cfg: ImportModelConfig, out_dir: str | Path, progress: Progress
         path = class_file(where)  # recorded absolute: the checkpoint is loaded from other directories too
         source = {"kind": CLASS_SOURCE, "class": f"{path}:{attr}" if path else cfg.model_class,
                   "kwargs": dict(cfg.kwargs), "file_sha256": sha256_file(f) if f is not None else None}
+        if path is not None:  # the file and the neighbours it imported: editing any of them is a new model
+            source["folder_files"] = folder_files(path)
         name = cfg.name or cls.__name__
     else:
         p = Path(cfg.exported_program)
@@ -200,7 +206,7 @@ def adopt_checkpoint(src: str | Path, data: DataConfig, bits: int, dst: str | Pa
     acc = qat_accuracy(model, test, bits, False, torch.device("cpu"))
     progress.info(f"base {ckpt['model']} from {src}: test accuracy ({bits}-bit) {100 * acc:.2f}%")
     meta = dict(ckpt["meta"])
-    meta.update(config={**meta.get("config", {}), "data": data.to_dict()}, dataset=dataclasses.asdict(info),
+    meta.update(config={**meta.get("config", {}), "data": data.absolute().to_dict()}, dataset=dataclasses.asdict(info),
                 test_accuracy=acc, adopted_from=str(src))
     atomic_torch_save(dst, {**ckpt, "meta": meta})
     return acc

@@ -2,9 +2,11 @@
 constructor kwargs, or an embedded torch.export program. The checkpoint's "source" entry names one of them
 (written by nfedge.train.import_model, read by nfedge.train.checkpoint.load_checkpoint).
 
-Only code the user names is imported: the named module (or file, loaded on its own: sys.path is not
-changed). Loading a class-sourced checkpoint imports that class again, so treat such a checkpoint like
-code; an exported program holds no Python code.
+Only code the user names is imported: the named module, or the named file with its folder on sys.path while
+it is imported (so it can import its neighbours, as it could when run as a script; the folder is removed from
+sys.path afterwards). The checkpoint records the sha256 of every module file that import loaded from that folder,
+and rebuilding refuses a changed one. Loading a class-sourced checkpoint imports that class again, so treat such a
+checkpoint like code; an exported program holds no Python code.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from torch import nn
 from nfedge.errors import NfedgeError
 from nfedge.fileio import sha256_bytes, sha256_file
 
-__all__ = ["CLASS_SOURCE", "PROGRAM_SOURCE", "class_file", "import_class", "class_source_file", "construct",
-           "load_program", "rebuild_module", "first_line"]
+__all__ = ["CLASS_SOURCE", "PROGRAM_SOURCE", "class_file", "import_class", "class_source_file", "folder_files",
+           "check_folder_files", "construct", "load_program", "rebuild_module", "first_line"]
 
 CLASS_SOURCE, PROGRAM_SOURCE = "class", "exported-program"
+FOLDER_FILES = "__nfedge_folder_files__"  # set on a file-loaded module: the files its import loaded from its folder
 
 
 def class_file(where: str) -> Path | None:
@@ -41,18 +44,8 @@ def import_class(spec: str) -> type[nn.Module]:
     if path is not None:
         if not path.is_file():
             raise NfedgeError(f"model class file {path} does not exist")
-        # Named after the file's content: a changed file is a new module, never a stale cached one.
-        mod_name = f"nfedge_user_{sha256_file(path)[:12]}"
-        module = sys.modules.get(mod_name)
-        if module is None:
-            file_spec = importlib.util.spec_from_file_location(mod_name, path)
-            module = importlib.util.module_from_spec(file_spec)
-            sys.modules[mod_name] = module  # dataclasses and pickling look classes up there
-            try:
-                file_spec.loader.exec_module(module)
-            except BaseException as e:
-                del sys.modules[mod_name]
-                raise NfedgeError(f"importing {path} failed: {type(e).__name__}: {first_line(e)}") from None
+        mod_name = _module_name(path)
+        module = sys.modules.get(mod_name) or _exec_file(path, mod_name)
     else:
         try:
             module = importlib.import_module(where)
@@ -68,6 +61,54 @@ def import_class(spec: str) -> type[nn.Module]:
     if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
         raise NfedgeError(f"{spec} is not a torch.nn.Module subclass")
     return obj
+
+
+def _module_name(path: Path) -> str:
+    # Named after the file's content: a changed file is a new module, never a stale cached one.
+    return f"nfedge_user_{sha256_file(path)[:12]}"
+
+
+def _exec_file(path: Path, mod_name: str) -> types.ModuleType:
+    """Import the file as module `mod_name`, its folder first on sys.path during the import only; the module
+    remembers the files it loaded from that folder (FOLDER_FILES: path relative to the folder -> sha256)."""
+    folder = str(path.parent)
+    file_spec = importlib.util.spec_from_file_location(mod_name, path)
+    module = importlib.util.module_from_spec(file_spec)
+    sys.modules[mod_name] = module  # dataclasses and pickling look classes up there
+    before = set(sys.modules)
+    importlib.invalidate_caches()  # a neighbour written just now must be found
+    sys.path.insert(0, folder)
+    try:
+        file_spec.loader.exec_module(module)
+    except BaseException as e:
+        del sys.modules[mod_name]
+        hint = f" (its folder {folder} is importable during the import; other modules must be installed or on " \
+               "PYTHONPATH)" if isinstance(e, ModuleNotFoundError) else ""
+        raise NfedgeError(f"importing {path} failed: {type(e).__name__}: {first_line(e)}{hint}") from None
+    finally:
+        if folder in sys.path:  # the user's code may have removed it itself
+            sys.path.remove(folder)
+    loaded = [path] + [Path(f) for m in set(sys.modules) - before if (f := getattr(sys.modules[m], "__file__", None))]
+    setattr(module, FOLDER_FILES, {str(f.resolve().relative_to(path.parent)): sha256_file(f)
+                                   for f in sorted(set(loaded)) if f.resolve().is_relative_to(path.parent)})
+    return module
+
+
+def folder_files(path: Path) -> dict[str, str] | None:
+    """{path relative to its folder: sha256} of the module files that importing the class file `path` loaded from
+    its folder (the file itself included), once import_class has imported it; else None."""
+    files = getattr(sys.modules.get(_module_name(path)), FOLDER_FILES, None)
+    return dict(files) if files is not None else None
+
+
+def check_folder_files(base: Path, files: dict[str, str], what: str) -> None:
+    """Refuse to rebuild when a module file recorded at import is gone or changed (edits to a neighbour count)."""
+    for rel, digest in files.items():
+        f = base / rel
+        if not f.is_file():
+            raise NfedgeError(f"{what}: {f}, imported with the model, no longer exists; import the model again")
+        if sha256_file(f) != digest:
+            raise NfedgeError(f"{what}: {f} changed since the model was imported (sha256 differs); import it again")
 
 
 def class_source_file(cls: type) -> Path | None:
@@ -113,6 +154,9 @@ def rebuild_module(source: dict[str, Any], what: str) -> nn.Module:
         f = class_source_file(cls)
         if source.get("file_sha256") and f is not None and sha256_file(f) != source["file_sha256"]:
             raise NfedgeError(f"{what}: {f} changed since the model was imported (sha256 differs); import it again")
+        path = class_file(source["class"].rpartition(":")[0])
+        if source.get("folder_files") and path is not None:
+            check_folder_files(path.parent, source["folder_files"], what)
         return construct(cls, source["kwargs"])
     raise NfedgeError(f"{what}: unknown model source {kind!r}")
 

@@ -100,3 +100,69 @@ def test_cli_reference_is_in_sync():
 
     doc = Path(__file__).resolve().parents[2] / "docs" / "CLI.md"
     assert doc.read_text() == cli_reference_markdown(), "docs/CLI.md is stale: regenerate it (command at its top)"
+
+
+def _faultrun_result(mode, identical_outputs):
+    row = {"voltage": 0.9, "ber": 0.001, "target_accuracy": {"base": {"mean": 43.75, "std": 6.25}},
+           "host_accuracy": {"base": {"mean": 43.75}},
+           "agreement": {"base": {"identical_fraction": 1.0, "identical_outputs": identical_outputs,
+                                  "max_logit_diff": 1.19e-06 if mode == "weight-only" else 0.0}}}
+    return {"target": "cortex-m55", "mode": mode, "bits": 8, "chips": 2, "samples": 8, "results": [row],
+            "agreement": {"min_identical_fraction": 1.0, "identical_outputs": identical_outputs, "threshold": 0.99,
+                          "passed": True}, "instructions_per_inference": {"base": 1000, "generator": None}}
+
+
+@pytest.mark.parametrize("mode, exact", [("weight-only", 0.0), ("integer", 1.0)])
+def test_faultrun_table_labels_what_the_json_counts(monkeypatch, mode, exact):
+    """issue 28 item 9: the JSON's identical_outputs (bit for bit) and the table's column (predictions) were both
+    called "identical"; each is now named, and both are shown in both modes."""
+    from click.testing import CliRunner
+
+    import nfedge.deploy.run.faultrun as fr
+    from nfedge.cli import cli
+
+    seen = {}
+
+    def fake(bundle_dir, test, cfg, **kw):
+        seen.update(kw)
+        return _faultrun_result(mode, exact)
+
+    monkeypatch.setattr(fr, "faultrun", fake)
+    r = CliRunner().invoke(cli, ["faultrun", "--bundle", "b", "--voltage", "0.9", "--data-root", "elsewhere"])
+    assert r.exit_code == 0, r.output
+    assert "| identical predictions | max logit diff |" in r.output and "| 100.0% |" in r.output
+    assert f"bit-identical outputs (every logit, worst row): {100 * exact:.1f}%" in r.output
+    assert ("see max logit diff" in r.output) is (mode == "weight-only")
+    assert seen["data_root"] == "elsewhere"  # issue 28 item 6: the recorded root can be overridden
+    r = CliRunner().invoke(cli, ["faultrun", "--bundle", "b", "--voltage", "0.9", "--json"])
+    assert json.loads(r.output)["agreement"]["identical_outputs"] == exact
+
+
+def test_help_says_what_the_defaults_and_the_trust_flag_do():
+    """issue 28 items 3 and 5: --trust-bundle-code covers a class-imported model; --dataset's default is the
+    checkpoint's data set where there is one."""
+    from click.testing import CliRunner
+
+    from nfedge.cli import cli
+
+    def help_of(cmd):
+        return " ".join(CliRunner().invoke(cli, [cmd, "--help"], terminal_width=200).output.split())
+
+    assert "import-model --class" in help_of("faultrun")
+    ev = help_of("evaluate")
+    assert "with a checkpoint, the data set it records; otherwise fashion-mnist" in ev
+    assert "the checkpoint's recorded root" in ev
+
+
+def test_models_lists_a_model_that_cannot_run_at_the_input_without_failing():
+    """At ds-cnn's 1x49x10 the VGGs cannot run (their pools shrink the map to nothing): their rows say so, the command
+    still lists every model (table and JSON)."""
+    r = nfedge("models", "--input", "1x49x10", "--classes", "12")
+    assert r.returncode == 0, r.stderr
+    rows = {line.split("|")[1].strip(): line for line in r.stdout.splitlines() if line.startswith("| ") and "---" not in line}
+    assert "23,756" in rows["ds-cnn"] or "," in rows["ds-cnn"].split("|")[3]
+    assert rows["vgg11"].split("|")[4].strip() == "-" and "does not run on input 1x49x10" in rows["vgg11"]
+    j = nfedge("models", "--input", "1x49x10", "--json")
+    assert j.returncode == 0, j.stderr
+    by_name = {row["name"]: row for row in json.loads(j.stdout)}
+    assert by_name["vgg11"]["macs"] is None and by_name["ds-cnn"]["macs"] > 0

@@ -541,7 +541,9 @@ def test_own_data_through_the_pipeline(tmp_path, monkeypatch, fmt):
                cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     cfg = json.loads((tmp_path / "base" / "config.json").read_text())
-    assert cfg["data"]["dataset"] == fmt and cfg["data"]["root"] == root
+    # recorded absolute (issue 28 item 6), so later stages find the data from any folder
+    assert cfg["data"]["dataset"] == fmt and cfg["data"]["root"] == str((tmp_path / root).resolve())
+    assert f"[nfedge] data: {fmt} from {(tmp_path / root).resolve()}: 3 classes (circle, square, stripe)" in r.stderr
     from nfedge.train.checkpoint import load_checkpoint
 
     _, meta = load_checkpoint(tmp_path / "base" / "base.pt")
@@ -562,10 +564,10 @@ def test_own_data_through_the_pipeline(tmp_path, monkeypatch, fmt):
     bundle = load_bundle(tmp_path / "bundle")
     assert bundle.num_classes == 3 and list(bundle.manifest["io"]["input_shape"])[-3:] == [channels, 32, 32]
     # faultrun takes its test images from the data config in the bundle's copy of the checkpoint (host/base.pt),
-    # relative to where it runs. (Running faultrun itself on a host bundle needs the trust flag now being added.)
+    # from any folder. (Running faultrun itself on a host bundle needs the trust flag.)
     _, bundled = load_checkpoint(tmp_path / "bundle" / "host" / "base.pt")
     data = DataConfig.from_dict(bundled["meta"]["config"]["data"])
-    assert (data.dataset, data.root) == (fmt, root)
-    monkeypatch.chdir(tmp_path)
+    assert (data.dataset, data.root) == (fmt, str((tmp_path / root).resolve()))
+    monkeypatch.chdir(tmp_path / "bundle")
     _, test, info = load_dataset(dataclasses.replace(data, test_limit=6))
     assert len(test) == 6 and info.class_names == classes and info.channels == channels

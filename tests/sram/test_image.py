@@ -98,10 +98,12 @@ def test_write_is_atomic_on_failure(tmp_path, small_model, monkeypatch):
     img = build_image(small_model, 8)
     import nfedge.sram.image as memory
 
-    def boom(*a, **k):
+    def boom(files):  # half of weights.bin written, then the failure
+        path, data = next(iter(files.items()))
+        path.write_bytes(bytes(data)[: len(data) // 2])
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(memory, "atomic_write_json", boom)
+    monkeypatch.setattr(memory, "atomic_write_files", boom)
     with pytest.raises(RuntimeError):
         write_image(img, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []  # nothing half-written left behind

@@ -59,3 +59,56 @@ def test_integer_mode_freezes_ranges_and_trains_through_the_twin(tmp_path):
     x = torch.rand(8, 1, 32, 32) * 2 - 1  # other images: the frozen ranges, not these, set the scales
     prog = calibrate(trace_program(model, True), model, x, image=build_image(model, 8), ranges=ranges)
     assert prog.ranges == {**prog.ranges, **ranges}
+
+
+def _tiny_npz(path, train_labels=(0, 1, 0, 1, 0, 1, 0, 1), test_labels=(0, 1, 2)):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.savez(path, x_train=rng.integers(0, 256, (len(train_labels), 32, 32), dtype=np.uint8),
+             y_train=np.array(train_labels), x_test=rng.integers(0, 256, (len(test_labels), 32, 32), dtype=np.uint8),
+             y_test=np.array(test_labels), class_names=np.array(["zero", "one", "two"]))
+    return path
+
+
+def test_train_base_says_what_data_it_loaded_and_warns_of_a_class_without_images(tmp_path, capsys):
+    """issue 28 item 8: the user sees classes, channels and image counts before the epochs run."""
+    from nfedge.progress import DEFAULT
+
+    npz = _tiny_npz(tmp_path / "digits.npz")  # class "two" is declared and tested, never trained on
+    cfg = TrainBaseConfig(model="cnn-xs", epochs=1, batch_size=8, data=DataConfig(dataset="npz", root=str(npz)))
+    train_base(cfg, tmp_path / "run", progress=DEFAULT)
+    err = capsys.readouterr().err
+    assert (f"[nfedge] data: npz from {npz}: 3 classes (zero, one, two), 1 channel, 32x32; 8 training images "
+            "(0..4 per class), 3 test images\n") in err
+    assert "[nfedge] warning: 1 class with no training image: two (the model cannot learn it)\n" in err
+
+
+def test_the_checkpoint_records_the_absolute_data_root(tmp_path, monkeypatch):
+    """issue 28 item 6: a relative --data-root is resolved when recorded, so later stages run from any folder; a
+    recorded root that is gone is an error that says where the path came from and how to override it."""
+    import dataclasses
+
+    import pytest
+
+    from nfedge.cli.common import data_config
+    from nfedge.errors import NfedgeError
+    from nfedge.train.checkpoint import checkpoint_data
+
+    _tiny_npz(tmp_path / "digits.npz")
+    monkeypatch.chdir(tmp_path)
+    cfg = TrainBaseConfig(model="cnn-xs", epochs=1, batch_size=8, data=DataConfig(dataset="npz", root="digits.npz"))
+    _, meta = load_checkpoint(train_base(cfg, tmp_path / "run", progress=QUIET))
+    recorded = meta["meta"]["config"]["data"]
+    assert recorded["root"] == str(tmp_path / "digits.npz")
+    assert meta["meta"]["config"] == dataclasses.replace(cfg, data=cfg.data.absolute()).to_dict()
+    monkeypatch.chdir(tmp_path / "run")  # another folder: the recorded root still finds the data
+    assert checkpoint_data(meta, "base.pt").root == recorded["root"]
+    assert data_config(meta["meta"], None, None, None, None).root == recorded["root"]
+    (tmp_path / "digits.npz").rename(tmp_path / "moved.npz")
+    for call in (lambda: checkpoint_data(meta, "b/base.pt"), lambda: data_config(meta["meta"], None, None, None, None)):
+        with pytest.raises(NfedgeError, match=f"dataset root {tmp_path / 'digits.npz'} \\(recorded in .*checkpoint.*\\) "
+                                              "does not exist; pass --data-root with the data's current path"):
+            call()
+    assert checkpoint_data(meta, "b/base.pt", str(tmp_path / "moved.npz")).root == str(tmp_path / "moved.npz")
+    assert data_config(meta["meta"], None, "../moved.npz", None, None).root == "../moved.npz"

@@ -448,3 +448,75 @@ def test_run_with_own_checkpoint_and_table(tmp_path, user):
     assert plan["config"]["base"].endswith("base.pt") and plan["voltage_range"] == [0.85, 1.0]  # the user's table
     with pytest.raises(NfedgeError, match="voltage 0.833 is outside calibration 'narrow'"):
         RunConfig(calibration=str(table), voltages=(1.0, 0.833))
+
+
+NEIGHBOUR = textwrap.dedent('''
+    from torch import nn
+
+
+    def body(width):
+        return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+''')
+EDGE_NET = textwrap.dedent('''
+    from torch import nn
+
+    from edge_blocks_t28 import body
+
+
+    class EdgeNet(nn.Module):
+        def __init__(self, width=4):
+            super().__init__()
+            self.body, self.head = body(width), nn.Linear(width, 10)
+
+        def forward(self, x):
+            return self.head(self.body(x))
+''')
+
+
+def test_a_class_file_imports_its_neighbours_and_every_one_is_hashed(tmp_path):
+    """issue 28 item 7: `--class file.py:X` where the file imports a file beside it, as when run as a script."""
+    from nfedge.train.model_source import import_class
+
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "edge_blocks_t28.py").write_text(NEIGHBOUR)
+    (proj / "edge_net.py").write_text(EDGE_NET)
+    path_before = list(sys.path)
+    try:
+        model = import_class(f"{proj / 'edge_net.py'}:EdgeNet")(width=4).eval()
+        assert sys.path == path_before  # the folder was importable during the import only
+        torch.save(model.state_dict(), tmp_path / "w.pt")
+        ckpt_path = import_model(ImportModelConfig(model_class=f"{proj / 'edge_net.py'}:EdgeNet", kwargs={"width": 4},
+                                                   state_dict=str(tmp_path / "w.pt")), tmp_path / "imp", QUIET)
+        loaded, ckpt = load_checkpoint(ckpt_path)
+        assert torch.equal(loaded(_x()), model(_x()))
+        assert sorted(ckpt["source"]["folder_files"]) == ["edge_blocks_t28.py", "edge_net.py"]
+        (proj / "edge_blocks_t28.py").write_text(NEIGHBOUR.replace("nn.ReLU()", "nn.Tanh()"))
+        with pytest.raises(NfedgeError, match="edge_blocks_t28.py changed since the model was imported"):
+            load_checkpoint(ckpt_path)
+        (proj / "edge_blocks_t28.py").unlink()
+        with pytest.raises(NfedgeError, match="edge_blocks_t28.py, imported with the model, no longer exists"):
+            load_checkpoint(ckpt_path)
+    finally:
+        sys.modules.pop("edge_blocks_t28", None)
+    # a module the folder does not have is still an error, and says where nfedge looked
+    (proj / "lonely.py").write_text("import no_such_neighbour_t28\n")
+    with pytest.raises(NfedgeError, match=r"No module named 'no_such_neighbour_t28' \(its folder .*proj is importable"):
+        import_class(f"{proj / 'lonely.py'}:X")
+    assert sys.path == path_before
+
+
+def test_import_records_the_absolute_data_root(tmp_path, user, monkeypatch):
+    """issue 28 item 6: faultrun and nfedge run read the recorded root from other folders."""
+    import numpy as np
+
+    from nfedge.data import DataConfig
+
+    src, sd, _ = user
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (20, 32, 32), dtype=np.uint8), np.arange(20) % 10
+    np.savez(tmp_path / "digits.npz", x_train=x, y_train=y, x_test=x, y_test=y)
+    monkeypatch.chdir(tmp_path)
+    p = import_model(ImportModelConfig(model_class=f"{src}:TinyNet", kwargs={"width": 6}, state_dict=str(sd),
+                                       data=DataConfig(dataset="npz", root="digits.npz")), tmp_path / "imp", QUIET)
+    assert load_checkpoint(p)[1]["meta"]["config"]["data"]["root"] == str(tmp_path / "digits.npz")

@@ -90,8 +90,9 @@ def _agreement(a: list[np.ndarray], b: list[np.ndarray]) -> dict[str, float]:
 
 def faultrun(bundle_dir: str | Path, test: tuple[torch.Tensor, torch.Tensor] | None, cfg: FaultrunConfig,
              progress: Progress = DEFAULT, allow_emulator: str | Path | None = None,
-             trust_bundle_code: bool = False) -> dict[str, Any]:
-    """Run every (condition, chip) on target and host; returns the JSON-ready result (see module doc)."""
+             trust_bundle_code: bool = False, data_root: str | None = None) -> dict[str, Any]:
+    """Run every (condition, chip) on target and host; returns the JSON-ready result (see module doc). Without
+    `test`, the test images come from the data set the checkpoint records (its root replaced by `data_root`)."""
     bundle = load_bundle(bundle_dir)
     check_runnable(bundle, allow_emulator, trust_bundle_code)  # refuse before reading anything else of the bundle
     model, meta = load_checkpoint(bundle.path / "host" / "base.pt", allow_code=trust_bundle_code)
@@ -100,7 +101,7 @@ def faultrun(bundle_dir: str | Path, test: tuple[torch.Tensor, torch.Tensor] | N
     gen_name = gmeta["generator"] if gmeta else None
     clean = read_image(bundle.path / "image")
     if test is None:
-        data = checkpoint_data(meta, bundle.path / "host" / "base.pt")
+        data = checkpoint_data(meta, bundle.path / "host" / "base.pt", data_root)
         _, t, _ = load_dataset(dataclasses.replace(data, test_limit=cfg.samples, seed=cfg.sample_seed))
         test = t.tensors
     x, y = test[0][: cfg.samples], test[1][: cfg.samples]
