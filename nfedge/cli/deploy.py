@@ -43,18 +43,34 @@ def _faultrun(field: str) -> ConfigDefault:
 @mode_option
 @click.option("--calib-images", default=_build("calib_images"), show_default=True, type=int,
               help="integer mode: seeded training images that calibrate the integer programs")
+@click.option("--emit", "emit", type=click.Choice(["library"]), multiple=True,
+              help="library: also the kernels for both float ABIs, for `nfedge export` (bare-metal targets)")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="bundle directory")
-def build_cmd(target, bits, base_path, image_dir, generator_path, tuning_db, mode, calib_images, out):
+def build_cmd(target, bits, base_path, image_dir, generator_path, tuning_db, mode, calib_images, emit, out):
     """Compile generator (nominal voltage) and base model (weights from the image) with TVM for a target."""
     from nfedge.deploy.compile.build import BuildConfig, build_bundle
     from nfedge.progress import DEFAULT
 
     load_bases([base_path], [image_dir])  # the image must come from this checkpoint
-    b = build_bundle(BuildConfig(target=target, bits=bits, tuning_db=tuning_db, mode=mode, calib_images=calib_images),
-                     base_path, image_dir, generator_path, out, DEFAULT)
+    b = build_bundle(BuildConfig(target=target, bits=bits, tuning_db=tuning_db, mode=mode, calib_images=calib_images,
+                                 emit_library="library" in emit), base_path, image_dir, generator_path, out, DEFAULT)
     sizes = b.manifest.get("sizes", {})
     click.echo(f"wrote {out} for {b.target.name}: " + ", ".join(f"{k} {v}" for k, v in sizes.items() if isinstance(v, int)),
                err=True)
+
+
+@cli.command("export")
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(file_okay=False),
+              help="a bare-metal bundle built with `nfedge build --emit library`")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="the library folder to write")
+@click.option("--no-weights-array", is_flag=True, help="leave out weights/nfedge_weights.c (the image as a C array)")
+def export_cmd(bundle_dir, out, no_weights_array):
+    """Export a bundle's model as a library for your own firmware (header, sources, kernels, linker fragment)."""
+    from nfedge.deploy.compile.library import ExportConfig, export_library
+    from nfedge.progress import DEFAULT
+
+    export_library(ExportConfig(weights_array=not no_weights_array), bundle_dir, out, DEFAULT)
+    click.echo(f"wrote {out}: include/nfedge_model.h, CMakeLists.txt, nfedge.mk (docs/INTEGRATION.md)", err=True)
 
 
 @cli.command("tune")

@@ -85,6 +85,8 @@ class BuildConfig(StageConfig):
     tuning_db: str | None = None  # MetaSchedule database directory written by `nfedge tune` (host target only)
     mode: str = "weight-only"  # weight-only: float layers on the image's codes; integer: docs/INTEGER.md
     calib_images: int = CALIBRATION_IMAGES  # integer mode: seeded training images that calibrate (calibrate_for_build)
+    # bare metal: also build the kernels for both float ABIs (library/), which `nfedge export` ships to a user's firmware
+    emit_library: bool = False
 
     def validate(self) -> None:
         require(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
@@ -99,6 +101,7 @@ class BuildConfig(StageConfig):
         require(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         require(self.workspace_bytes >= 0, "workspace_bytes must be >= 0")
         require(self.timeout_s > 0, "timeout_s must be > 0")
+        require(isinstance(self.emit_library, bool), "emit_library must be true or false")
         require(self.tuning_db is None or (isinstance(self.tuning_db, str) and self.tuning_db != ""),
                 "tuning_db must be a database directory or None")
 
@@ -186,6 +189,8 @@ def build_for_target(cfg: BuildConfig, base_model: nn.Module, image: WeightImage
 
 def _check_fits(cfg: BuildConfig, target: TargetDescriptor, image: WeightImage, num_classes: int, has_generator: bool) -> None:
     """Refuse, before compiling, what cannot fit the target's records, regions or toolchain."""
+    if cfg.emit_library and not target.is_bare_metal:
+        raise NfedgeError(f"--emit library builds a library for bare-metal firmware; target {target.name} is {target.kind}")
     if target.is_bare_metal and sample_payload_bytes(num_classes * (2 if has_generator else 1)) > MAX_RECORD_PAYLOAD:
         raise NfedgeError(f"{num_classes} classes do not fit one UART record of target {target.name} (64 KiB)")
     image_bytes = int(image.manifest.total_bytes)

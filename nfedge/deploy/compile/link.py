@@ -52,6 +52,8 @@ def link_firmware(cfg, target: TargetDescriptor, tvm_target, relax_mods: dict, t
             raise NfedgeError(f"TVM failed to build the operators for {target.name}: {type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}") from e
     rt.write_to_file(str(tmp / "operators.o"))
+    if cfg.emit_library and target.is_bare_metal:
+        _library_kernels(cfg, target, prim_funcs, tmp, log, progress)
     tvm_seconds = time.perf_counter() - t0
 
     model_h, model_c = generate_c(programs, image_bytes, input_shape, num_classes, arena, workspace)
@@ -107,3 +109,38 @@ def _section_budget(secs: dict[str, int], obj: Path, arena: int, workspace: int,
     return {"code_bytes": code + data, "data_bytes": data, "bss_bytes": bss, "ram_bytes": ram,
             "operators_object_bytes": obj.stat().st_size, "arena_bytes": arena, "workspace_bytes": workspace,
             "stack_bytes": secs.get(".stack", 0), "heap_bytes": secs.get(".heap", 0), "sections": secs}
+
+
+# A firmware's -mfloat-abi decides which kernels it can link: soft and softfp pass floats in core registers, hard in
+# FPU registers, and the linker refuses to mix them. The library carries both builds of the same operators.
+LIBRARY_FLOAT_ABIS = {"soft": ("soft", "softfp"), "hard": ("hard",)}  # kernels directory -> the -mfloat-abi it links with
+
+
+def _library_kernels(cfg, target: TargetDescriptor, prim_funcs: dict, tmp: Path, log: list[str], progress: Progress) -> None:
+    """library/<soft|hard>/libnfedge_ops.a: the operators built for each float ABI (nfedge export ships them)."""
+    import tvm
+
+    ar = which_tool(_archiver(target.toolchain.cc), target, "archiver")
+    mod = tvm.IRModule({tvm.ir.GlobalVar(sym): f for sym, f in prim_funcs.items()})
+    for abi in LIBRARY_FLOAT_ABIS:
+        d = tmp / "library" / abi
+        d.mkdir(parents=True)
+        if target.tvm_target_dict.get("mfloat-abi", "soft") == abi:
+            obj = tmp / "operators.o"
+        else:
+            progress.info(f"build: the operators again for -mfloat-abi={abi} (library)")
+            variant = tvm.target.Target({**target.tvm_target_dict, "mfloat-abi": abi})
+            with tvm.transform.PassContext(opt_level=cfg.opt_level, config={"tirx.disable_assert": True}):
+                obj = d / "operators.o"
+                tvm.tirx.build(mod, target=variant).write_to_file(str(obj))
+        run_tool([ar, "rcs", str(d / "libnfedge_ops.a"), str(obj)], f"archiving the {abi}-float kernels", tmp,
+                 cfg.timeout_s, log)
+        (d / "operators.o").unlink(missing_ok=True)
+
+
+def _archiver(cc: str) -> str:
+    """The archiver beside a GCC cross compiler (arm-none-eabi-gcc -> arm-none-eabi-ar)."""
+    name = Path(cc).name
+    if not name.endswith("gcc"):
+        raise NfedgeError(f"the library build needs the archiver of a GCC toolchain; compiler {cc!r} is not one")
+    return str(Path(cc).with_name(name[: -len("gcc")] + "ar")) if "/" in cc else name[: -len("gcc")] + "ar"
