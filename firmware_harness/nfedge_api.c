@@ -85,7 +85,8 @@ int nfedge_run_front(const nfedge_input_t *x, nfedge_input_t *fx) {
 
 int nfedge_run(const nfedge_input_t *x, const void *image, size_t image_bytes, nfedge_logit_t *logits) {
 #if NFEDGE_HAS_GENERATOR
-  static nfedge_input_t fx[NFEDGE_INPUT_ELEMS];
+  /* F(x) between the two graphs: NFEDGE_INPUT_ELEMS inputs of .bss (nfedge_model.json memory.front_buffer_bytes) */
+  static nfedge_input_t fx[NFEDGE_INPUT_ELEMS] __attribute__((aligned(NFEDGE_BUFFER_ALIGN)));
   int rc = nfedge_run_front(x, fx);
   return rc != NFEDGE_OK ? rc : nfedge_run_base(fx, image, image_bytes, logits);
 #else

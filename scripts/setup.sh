@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 # mount: mount/umount for the full-disk tests (tests/test_os_faults.py); Debian ships them in their own package
 # (built from util-linux, but util-linux does not depend on it).
-APT_PACKAGES=(dataset-fashion-mnist qemu-system-arm qemu-user-static gcc-arm-none-eabi g++ util-linux mount
+APT_PACKAGES=(dataset-fashion-mnist cmake qemu-system-arm qemu-user-static gcc-arm-none-eabi g++ util-linux mount
               libnewlib-arm-none-eabi g++-aarch64-linux-gnu)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -135,7 +135,7 @@ def _public_header(bundle: Bundle, macros: dict[str, str], crc: int) -> str:
              *(f"#define NFEDGE_{k} {macros[k]}" for k in _SHARED_MACROS),
              f"#define NFEDGE_INPUT_SCALE {INPUT_SCALE!r} /* integer mode: x_q = sat8(floor(x / scale + 0.5)) */",
              f"#define NFEDGE_IMAGE_CRC32 0x{crc:08x}u /* CRC-32 (zlib) of the clean image */",
-             "#define NFEDGE_BUFFER_ALIGN 16u /* bytes: arena, workspace and image */", "",
+             "#define NFEDGE_BUFFER_ALIGN 16u /* bytes: the arena and the workspace */", "",
              f"typedef {in_t} nfedge_input_t; /* one sample: NFEDGE_INPUT_ELEMS values, C x H x W */",
              f"typedef {out_t} nfedge_logit_t; /* NFEDGE_NUM_CLASSES per sample */", "",
              *(f"#define {k} {v}{' ' * max(1, 28 - len(k) - len(str(v)))}/* {why} */" for k, (v, why) in STATUS_CODES.items()),
@@ -147,7 +147,7 @@ def _public_header(bundle: Bundle, macros: dict[str, str], crc: int) -> str:
              "int nfedge_run_front(const nfedge_input_t *x, nfedge_input_t *fx);",
              "/* the base model on x, its weights read from `image` (the undervolted bank), NFEDGE_IMAGE_BYTES long */",
              "int nfedge_run_base(const nfedge_input_t *x, const void *image, size_t image_bytes, nfedge_logit_t *logits);",
-             "/* base(F(x)) with a generator, base(x) without */",
+             "/* base(F(x)) with a generator (F(x) in the library's own NFEDGE_INPUT_ELEMS-input buffer), base(x) without */",
              "int nfedge_run(const nfedge_input_t *x, const void *image, size_t image_bytes, nfedge_logit_t *logits);",
              "/* float samples in [-1, 1] -> the model's input (integer mode: int8 at NFEDGE_INPUT_SCALE) */",
              "int nfedge_quantize_input(const float *x, nfedge_input_t *q, size_t n);",
@@ -156,7 +156,9 @@ def _public_header(bundle: Bundle, macros: dict[str, str], crc: int) -> str:
              "int nfedge_check_image(const void *image, size_t image_bytes);",
              "size_t nfedge_workspace_peak_bytes(void);", "",
              "/* built with NFEDGE_RESERVE_IMAGE=1: the image's place, section .nfedge_image (linker/nfedge_sections.ld) */",
-             "extern int8_t nfedge_image[NFEDGE_IMAGE_BYTES];", "",
+             "extern int8_t nfedge_image[NFEDGE_IMAGE_BYTES];",
+             "/* built with weights/nfedge_weights.c (NFEDGE_WEIGHTS_ARRAY): the clean image, section .nfedge_weights */",
+             "extern const int8_t nfedge_weights[NFEDGE_IMAGE_BYTES];", "",
              "#ifdef __cplusplus", "}", "#endif", "#endif", ""]
     return "\n".join(lines)
 
@@ -185,6 +187,9 @@ def _metadata(cfg: ExportConfig, bundle: Bundle, image, codes: bytes, macros: di
                    "workspace_bytes": int(macros["WORKSPACE_BYTES"].rstrip("u")),
                    "arena_bytes_by_graph": sizes.get("arena_bytes_by_graph"),
                    "workspace_bound_by_graph": sizes.get("workspace_bound_by_graph"),
+                   # nfedge_run's F(x) between the two graphs (nfedge_api.c, .bss), with a generator
+                   "front_buffer_bytes": (int(np.prod(bundle.input_shape)) * np.dtype(bundle.input_dtype).itemsize
+                                          if bundle.has_generator else 0),
                    "kernels_object_bytes": {abi: (bundle.path / "library" / abi / "libnfedge_ops.a").stat().st_size
                                             for abi in LIBRARY_FLOAT_ABIS},
                    "harness_firmware": {k: sizes.get(k) for k in ("code_bytes", "data_bytes", "bss_bytes", "stack_bytes")}},
