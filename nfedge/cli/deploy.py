@@ -64,12 +64,15 @@ def build_cmd(target, bits, base_path, image_dir, generator_path, tuning_db, mod
               help="a bare-metal bundle built with `nfedge build --emit library`")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="the library folder to write")
 @click.option("--no-weights-array", is_flag=True, help="leave out weights/nfedge_weights.c (the image as a C array)")
-def export_cmd(bundle_dir, out, no_weights_array):
+@click.option("--instructions-from", type=click.Path(dir_okay=False),
+              help="`nfedge faultrun --out` JSON of this bundle: its instruction counts go into nfedge_model.json")
+def export_cmd(bundle_dir, out, no_weights_array, instructions_from):
     """Export a bundle's model as a library for your own firmware (header, sources, kernels, linker fragment)."""
     from nfedge.deploy.compile.library import ExportConfig, export_library
     from nfedge.progress import DEFAULT
 
-    export_library(ExportConfig(weights_array=not no_weights_array), bundle_dir, out, DEFAULT)
+    export_library(ExportConfig(weights_array=not no_weights_array, instructions_from=instructions_from), bundle_dir, out,
+                   DEFAULT)
     click.echo(f"wrote {out}: include/nfedge_model.h, CMakeLists.txt, nfedge.mk (docs/INTEGRATION.md)", err=True)
 
 

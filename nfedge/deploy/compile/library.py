@@ -17,6 +17,7 @@ Nothing of the bundle runs here: its files are read (load_bundle checks every sh
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import shutil
 import zlib
@@ -60,9 +61,13 @@ class ExportConfig(StageConfig):
     """What goes into the library folder besides the required files."""
 
     weights_array: bool = True  # also weights/nfedge_weights.c: the clean image as a const array (~6 bytes of C a code)
+    # `nfedge faultrun --out` JSON of this very bundle: its measured instructions per inference go into the metadata
+    instructions_from: str | None = None
 
     def validate(self) -> None:
         require(isinstance(self.weights_array, bool), "weights_array must be true or false")
+        require(self.instructions_from is None or (isinstance(self.instructions_from, str) and self.instructions_from),
+                "instructions_from must be a faultrun JSON path or None")
 
 
 def export_library(cfg: ExportConfig, bundle_dir: str | Path, out_dir: str | Path, progress: Progress = QUIET) -> Path:
@@ -77,6 +82,7 @@ def export_library(cfg: ExportConfig, bundle_dir: str | Path, out_dir: str | Pat
                           "`nfedge build ... --emit library`")
     image = read_image(bundle.path / "image")
     codes = image.codes.tobytes()
+    measured = _measured_instructions(cfg.instructions_from, bundle) if cfg.instructions_from else None
     macros = _model_macros((bundle.path / "model.h").read_text())
     fw, ffi = firmware_dir(), Path(tvm_ffi_include())
     out_dir = Path(out_dir)
@@ -101,9 +107,26 @@ def export_library(cfg: ExportConfig, bundle_dir: str | Path, out_dir: str | Pat
         (tmp / "CMakeLists.txt").write_text(_CMAKE)
         (tmp / "nfedge.mk").write_text(_MAKE)
         (tmp / "README.md").write_text(_README)
-        atomic_write_json(tmp / "nfedge_model.json", _metadata(cfg, bundle, image, codes, macros))
+        atomic_write_json(tmp / "nfedge_model.json", _metadata(cfg, bundle, image, codes, macros) | {
+            "instructions_per_inference": measured,  # None: not measured (pass instructions_from)
+            "instructions_note": "QEMU -icount instruction counts of this bundle's firmware (nfedge faultrun), not cycles"})
     progress.info(f"export: library for {bundle.target.name} written to {out_dir}")
     return out_dir
+
+
+def _measured_instructions(path: str, bundle: Bundle) -> dict[str, Any]:
+    """instructions_per_inference of a faultrun result, refused unless it ran this very bundle."""
+    p = Path(path)
+    try:
+        run = json.loads(p.read_text())
+        ran, ipi = run["bundle_manifest_sha256"], run["instructions_per_inference"]
+    except FileNotFoundError:
+        raise NfedgeError(f"faultrun result {p} does not exist") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise NfedgeError(f"{p} is not an nfedge faultrun result ({type(e).__name__}: {e})") from None
+    if ran != sha256_file(bundle.path / "manifest.json"):
+        raise NfedgeError(f"faultrun result {p} measured another build than bundle {bundle.path} (manifest sha256 differs)")
+    return ipi
 
 
 def _model_macros(model_h: str) -> dict[str, str]:

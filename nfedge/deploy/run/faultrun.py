@@ -27,6 +27,7 @@ from nfedge.data import load_dataset
 from nfedge.deploy.bundle import Bundle, load_bundle
 from nfedge.deploy.run.harness import check_runnable, run_on_target
 from nfedge.errors import NfedgeError
+from nfedge.fileio import sha256_file
 from nfedge.integer.calibrate import INPUT_SCALE
 from nfedge.integer.program import program_from_dict
 from nfedge.integer.reference import image_codes, run_front, run_integer
@@ -133,6 +134,7 @@ def faultrun(bundle_dir: str | Path, test: tuple[torch.Tensor, torch.Tensor] | N
     passed = identical >= cfg.min_agreement and (exact == 1.0 or not integer)
     base_ref = str(bundle.path / "host" / "base.pt") if meta.get("source") else meta["model"]  # imported: by path
     return {"config": cfg.to_dict(), "mode": bundle.mode, "target": bundle.target.name, "bits": clean.manifest.bits,
+            "bundle_manifest_sha256": sha256_file(bundle.path / "manifest.json"),  # which build these numbers are of
             "chips": cfg.chips,
             "samples": int(len(x)), "voltage": [r["voltage"] for r in results], "ber": [r["ber"] for r in results],
             "generator": gen_name, "results": results,

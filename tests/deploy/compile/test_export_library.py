@@ -74,3 +74,18 @@ def test_emit_library_is_refused_for_a_host_target(fr_bundle, tmp_path):
     with pytest.raises(NfedgeError, match="bare-metal"):
         build_bundle(BuildConfig(target="host", emit_library=True), fr_bundle / "base" / "base.pt", fr_bundle / "img",
                      None, tmp_path / "b")
+
+
+def test_export_records_the_instructions_a_faultrun_of_this_bundle_measured(lib_bundle, fr_bundle, tmp_path):
+    for name, bundle in (("mine", lib_bundle), ("other", fr_bundle / "bundle")):
+        r = run_nfedge("faultrun", "--bundle", bundle, "--voltage", 1.0, "--chips", 1, "--samples", 2, "--out",
+                       tmp_path / f"{name}.json")
+        assert r.returncode == 0, r.stderr[-1000:]
+    mine = json.loads((tmp_path / "mine.json").read_text())
+    out = export_library(ExportConfig(instructions_from=str(tmp_path / "mine.json")), lib_bundle, tmp_path / "lib")
+    meta = json.loads((out / "nfedge_model.json").read_text())
+    assert meta["instructions_per_inference"] == mine["instructions_per_inference"]
+    assert meta["instructions_per_inference"]["base"] > 0
+    with pytest.raises(NfedgeError, match="measured another build"):
+        export_library(ExportConfig(instructions_from=str(tmp_path / "other.json")), lib_bundle, tmp_path / "lib2")
+    assert not (tmp_path / "lib2").exists()
