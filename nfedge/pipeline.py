@@ -47,10 +47,10 @@ from nfedge.sram.calibration import DEFAULT_CALIBRATION, load_calibration
 from nfedge.sram.image import QuantizeConfig
 from nfedge.stages import RunPlanConfig
 from nfedge.train.base import TrainBaseConfig
-from nfedge.train.checkpoint import CHECKPOINT_FORMAT, load_torch_file
+from nfedge.train.checkpoint import CHECKPOINT_FORMAT, load_torch_file, recorded_data
 from nfedge.train.eopm import EOPMConfig
 
-__all__ = ["STAGES", "RunConfig", "RunPlanConfig", "StageSpec", "check_base_data", "load_run_config",
+__all__ = ["STAGES", "RunConfig", "RunPlanConfig", "StageSpec", "check_base_data", "finished_stages", "load_run_config",
            "resolve_stages", "rewrite_report", "run_pipeline", "stage_key"]
 
 TABLE_VOLTAGES = (1.0, 0.958, 0.917, 0.875, 0.833, 0.792)  # nominal down to ~5% BER (calibration table)
@@ -327,6 +327,13 @@ def _finished(root: Path, recorded: list[dict[str, Any]]) -> stages.Inputs:
 
 def rewrite_report(run_dir: str | Path) -> Path:
     """`nfedge report`: the report of the last `nfedge run` into run_dir, from the stages its stages.json names."""
+    cfg, found = finished_stages(run_dir)
+    return stages.report_stage(cfg, Path(run_dir), found)
+
+
+def finished_stages(run_dir: str | Path) -> tuple[RunConfig, stages.Inputs]:
+    """The config of the last `nfedge run` into run_dir and its finished stages' directories (stage name ->
+    directory, or {variant: directory}), from its stages.json: never another config's newer folders."""
     root = Path(run_dir)
     path = root / STAGES_FILE
     if not path.is_file():
@@ -341,7 +348,7 @@ def rewrite_report(run_dir: str | Path) -> Path:
         cfg, recorded = RunConfig.from_dict(record["config"]), list(record["stages"])
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise NfedgeError(f"{path} is not an nfedge run's stage list ({type(e).__name__}: {e})") from None
-    return stages.report_stage(cfg, root, _finished(root, recorded))
+    return cfg, _finished(root, recorded)
 
 
 # ------------------------------------------------------------------------------------------ the run config
@@ -351,16 +358,10 @@ def rewrite_report(run_dir: str | Path) -> Path:
 _DATA_IDENTITY = ("dataset", "pad_to_32", "crop_roi")
 
 
-def recorded_data(checkpoint: str | Path) -> DataConfig | None:
-    """The data set a base checkpoint records (train-base's; import-model's --dataset), or None if it records none."""
-    meta = load_torch_file(checkpoint, "base checkpoint", CHECKPOINT_FORMAT).get("meta") or {}
-    data = (meta.get("config") or {}).get("data")
-    return None if data is None else DataConfig.from_dict(data)
-
-
 def _check_base_data(checkpoint: str | Path, given: dict[str, Any]) -> DataConfig | None:
-    """The checkpoint's recorded data set; a one-line error if `given` (base.data's fields) names other images."""
-    recorded = recorded_data(checkpoint)
+    """The checkpoint's recorded data set; a one-line error if `given` (base.data's fields) names other images.
+    Only the checkpoint's metadata is read: rebuilding its model could import a user's class."""
+    recorded = recorded_data(load_torch_file(checkpoint, "base checkpoint", CHECKPOINT_FORMAT))
     if recorded is None:
         return None
     for k in (k for k in _DATA_IDENTITY if k in given):
@@ -369,9 +370,9 @@ def _check_base_data(checkpoint: str | Path, given: dict[str, Any]) -> DataConfi
             raise NfedgeError(f"base.data.{k} is {given[k]!r}, but base checkpoint {checkpoint} was made with {k} "
                               f"{getattr(recorded, k)!r}: leave base.data.{k} out of the run config to use the "
                               "checkpoint's data set")
-    if "root" not in given and recorded.root is not None and not Path(recorded.root).expanduser().exists():
-        raise NfedgeError(f"base checkpoint {checkpoint} records data set root {recorded.root}, which does not exist: "
-                          "give base.data.root in the run config with the data's current path")
+    if "root" not in given:
+        recorded.check_recorded_root(f"base checkpoint {checkpoint}",
+                                     "give base.data.root in the run config with the data's current path")
     return recorded
 
 

@@ -28,27 +28,14 @@ from nfedge.analysis.evaluate import ImageScorer
 from nfedge.analysis.plan import PlanConfig, plan_markdown, plan_operating_points
 from nfedge.analysis.plan_plot import write_plot
 from nfedge.data import load_dataset
-from nfedge.errors import NfedgeError
 from nfedge.fileio import atomic_write_json, atomic_write_text
-from nfedge.pipeline import STAGES_FILE, RunConfig
+from nfedge.pipeline import finished_stages
 from nfedge.progress import DEFAULT
 from nfedge.sram.image import read_image
 from nfedge.train.checkpoint import load_checkpoint
 from nfedge.train.eopm import load_generator
 
 GOAL_POINTS = 5.0  # issue #12: the best generator beats the better of base alone and ECC by this much at CA - 2
-
-
-def run_stage_dir(run: Path, name: str) -> Path:
-    """The finished directory of stage `name` (e.g. "gen-ConvT") of the last `nfedge run` into `run`, from the
-    stages.json it wrote (not the newest folder: an earlier run's config may have left newer ones)."""
-    path = run / STAGES_FILE
-    if not path.is_file():
-        raise NfedgeError(f"{run} has no {STAGES_FILE}: run the main job first (bash scripts/main_job.sh)")
-    dirs = [run / s["dir"] for s in json.loads(path.read_text())["stages"] if s["name"] == name]
-    if not dirs or not (dirs[0] / "DONE.json").is_file():
-        raise NfedgeError(f"{run} has no finished {name} stage: run the main job first (bash scripts/main_job.sh)")
-    return dirs[0]
 
 
 def goal(plan: dict) -> str:
@@ -81,11 +68,11 @@ def main() -> None:
     a = ap.parse_args()
     run, out = Path(a.run), Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = RunConfig.from_json((run / "run.json").read_text())
-    base_dir, image_dir = run_stage_dir(run, "base"), run_stage_dir(run, "image")
+    cfg, stage = finished_stages(run)  # this run's own stages (stages.json), not the newest folders
+    base_dir, image_dir = stage["base"], stage["image"]
     model, meta = load_checkpoint(base_dir / "base.pt")
     image = read_image(image_dir / "image")
-    gens = {g: (g, load_generator(run_stage_dir(run, f"gen-{g}") / "generator.pt")[0]) for g in cfg.generators}
+    gens = {g: (g, load_generator(stage["gen"][g] / "generator.pt")[0]) for g in cfg.generators}
     _, test, _ = load_dataset(dataclasses.replace(cfg.base.data, test_limit=a.test_limit))
     x, y = test.tensors
     base = str(base_dir / "base.pt") if cfg.base_checkpoint else cfg.base.model

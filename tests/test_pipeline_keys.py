@@ -192,7 +192,7 @@ def test_the_checkpoints_data_set_may_have_moved(tmp_path, digits):
     moved = tmp_path / "moved.npz"
     (tmp_path / "digits.npz").rename(moved)
     (tmp_path / "run.json").write_text(json.dumps({"base_checkpoint": str(ckpt)}))
-    with pytest.raises(NfedgeError, match="root .*digits.npz, which does not exist: give base.data.root"):
+    with pytest.raises(NfedgeError, match="root .*digits.npz .*does not exist; give base.data.root"):
         load_run_config(tmp_path / "run.json")
     conf = {"base_checkpoint": str(ckpt), "base": {"data": {"root": str(moved)}}}
     (tmp_path / "run.json").write_text(json.dumps(conf))

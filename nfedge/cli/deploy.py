@@ -103,9 +103,8 @@ def tune_cmd(target, base_path, image_dir, generator_path, db_dir, trials, trial
     """MetaSchedule-tune the host build's operators on this machine; `nfedge build --tuning-db` uses the result."""
     from nfedge.deploy.compile.tune import TuneConfig, tune_for_target
     from nfedge.progress import DEFAULT
-    from nfedge.train.eopm import load_generator
-
     from nfedge.train.checkpoint import checkpoint_input_shape
+    from nfedge.train.eopm import load_generator
 
     ((model, image, meta),) = load_bases([base_path], [image_dir])
     gen = load_generator(generator_path)[0] if generator_path else None

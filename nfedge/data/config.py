@@ -61,12 +61,12 @@ class DataConfig(StageConfig):
         folder (faultrun, evaluate, nfedge run) read the same data."""
         return self if self.root is None else dataclasses.replace(self, root=str(Path(self.root).expanduser().resolve()))
 
-    def check_recorded_root(self, where: str) -> "DataConfig":
+    def check_recorded_root(self, where: str, how: str = "pass --data-root with the data's current path") -> "DataConfig":
         """This config, read from `where` (a checkpoint), if its root exists; else a one-line error saying the path
-        came from there and how to read the data from elsewhere."""
+        came from there and `how` to read the data from elsewhere."""
         if self.root is not None and not Path(self.root).expanduser().exists():
             raise NfedgeError(f"dataset root {self.root} (recorded in {where} when the model was trained or imported) "
-                              "does not exist; pass --data-root with the data's current path")
+                              f"does not exist; {how}")
         return self
 
 

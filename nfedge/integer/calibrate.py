@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from nfedge.errors import NfedgeError
-from nfedge.integer.program import INPUT, Op, Program, trace_program
+from nfedge.integer.program import INPUT, Op, Program, batchnorm_eps, trace_program
 from nfedge.integer.scheme import (
     ACT_QMAX,
     INT8_MAX,
@@ -78,9 +78,7 @@ def _affine(op: Op, model: nn.Module, channels: int) -> tuple[np.ndarray, np.nda
     g, shift = np.ones(channels), np.zeros(channels)
     if "bn" in op.attrs:
         bn = mods[op.attrs["bn"]]
-        # an exported program's BatchNorm is a plain module holding the tensors; its eps was an argument in the graph
-        eps = op.attrs.get("bn_eps", getattr(bn, "eps", None))
-        gt = bn.weight.detach().double() / torch.sqrt(bn.running_var.detach().double() + eps)
+        gt = bn.weight.detach().double() / torch.sqrt(bn.running_var.detach().double() + batchnorm_eps(op, bn))
         g, shift = gt.numpy(), (bn.bias.detach().double() - gt * bn.running_mean.detach().double()).numpy()
     return g, g * b + shift
 

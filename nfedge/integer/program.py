@@ -60,6 +60,12 @@ class Program:
         return f"{op.module}.weight" if op.module else "weight"
 
 
+def batchnorm_eps(op: Op, bn: nn.Module) -> float:
+    """The eps of the BatchNorm fused into `op`: the one traced with the program (an exported program's BatchNorm is
+    a plain module holding the tensors, its eps an argument in the graph), else the module's (an older program)."""
+    return op.attrs["bn_eps"] if "bn_eps" in op.attrs else bn.eps
+
+
 class _Trace:
     """One trace's state: the operators so far, the program tensor each graph node is, and the refused layers."""
 

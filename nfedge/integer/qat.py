@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from nfedge.integer.calibrate import GENERATOR_BITS
-from nfedge.integer.program import Op, Program
+from nfedge.integer.program import Op, Program, batchnorm_eps
 from nfedge.quant import fake_quantize
 
 
@@ -41,6 +41,6 @@ class LiveWeights:
         shift = torch.zeros_like(b)
         if "bn" in op.attrs:
             bn = self.mods[op.attrs["bn"]]
-            g = bn.weight / torch.sqrt(bn.running_var + op.attrs.get("bn_eps", getattr(bn, "eps", None)))
+            g = bn.weight / torch.sqrt(bn.running_var + batchnorm_eps(op, bn))
             shift = bn.bias - g * bn.running_mean
         return wq, g, g * b + shift

@@ -8,6 +8,7 @@ user's model brought in by `nfedge import-model`, from the checkpoint's "source"
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 from typing import Any
@@ -85,15 +86,21 @@ def load_checkpoint(path: str | Path, allow_code: bool = True) -> tuple[nn.Modul
     return model, {k: v for k, v in ckpt.items() if k != "state_dict"}
 
 
+def recorded_data(ckpt: dict[str, Any]) -> DataConfig | None:
+    """The data set a base checkpoint (its dict, with or without the state dict) records: train-base's, or
+    import-model's --dataset; None if it records none."""
+    data = ((ckpt.get("meta") or {}).get("config") or {}).get("data")
+    return None if data is None else DataConfig.from_dict(data)
+
+
 def checkpoint_data(meta: dict[str, Any], where: str | Path, root: str | None = None) -> DataConfig:
     """The dataset a base checkpoint was trained (or imported) on: what build (calibration) and faultrun read.
     `root` (a --data-root) replaces the recorded root, e.g. for data moved since."""
-    d = meta["meta"].get("config", {}).get("data")
-    if d is None:
+    cfg = recorded_data(meta)
+    if cfg is None:
         raise NfedgeError(f"{where}: the base checkpoint records no dataset (import-model without --dataset); "
                           "import it again with --dataset")
-    cfg = DataConfig.from_dict(d)
-    return DataConfig.from_dict({**d, "root": root}) if root is not None else cfg.check_recorded_root(f"checkpoint {where}")
+    return dataclasses.replace(cfg, root=root) if root is not None else cfg.check_recorded_root(f"checkpoint {where}")
 
 
 def checkpoint_input_shape(meta: dict[str, Any]) -> tuple[int, int, int]:

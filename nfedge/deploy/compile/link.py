@@ -143,4 +143,4 @@ def _archiver(cc: str) -> str:
     name = Path(cc).name
     if not name.endswith("gcc"):
         raise NfedgeError(f"the library build needs the archiver of a GCC toolchain; compiler {cc!r} is not one")
-    return str(Path(cc).with_name(name[: -len("gcc")] + "ar")) if "/" in cc else name[: -len("gcc")] + "ar"
+    return str(Path(cc).with_name(name[: -len("gcc")] + "ar"))

@@ -1,10 +1,9 @@
 """`nfedge faultrun`: a bundle's compiled models on the (emulated) target against undervolted SRAM.
 
 A bundle (nfedge.deploy.compile.build.build_bundle) keeps the two checkpoints (host/), so faultrun can run the
-host simulation of exactly the same bytes. faultrun, for every
-voltage (or BER) and chip: injects faults into the bundle's clean image, runs the target in its
-emulator with that image at its address (parallel emulator processes), runs the host simulation on
-the same bytes, and compares: accuracy on both sides (mean, std, worst chip), agreement (fraction of
+host simulation of exactly the same bytes. For every voltage (or BER) and chip, faultrun injects faults into the
+bundle's clean image, runs the target in its emulator with that image at its address (parallel emulator
+processes), runs the host simulation on the same bytes, and compares: accuracy on both sides (mean, std, worst chip), agreement (fraction of
 identical predictions, largest logit difference), instructions per inference (deterministic QEMU
 -icount counts) for generator and base model, an estimated time at the descriptor's clock, ES and MAC-ES.
 """
