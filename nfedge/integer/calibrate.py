@@ -3,10 +3,11 @@ then every operator's integer parameters (rescale multipliers and shifts, int32 
 
     prog = calibrate(trace_program(base, True), base, x_calib, image=image)   # base model: codes from the image
     gprog = calibrate(trace_program(gen, False), gen, x_calib)                # generator: int8 constants (flash)
-Scales: the input is fixed at 1/127 (images live in [-1, 1]); a tensor after conv/linear/avgpool gets
-max|x| / 127 over the calibration set (observed in float with the clean weights); pooling, upsampling and
-flatten keep their input's scale; a concat takes the largest input scale; a tanh output is 1/127; the
-classifier's output (int32 logits) gets max|x| / 2^20, leaving 2^11 of headroom for faulty weights.
+Scales: the input is fixed at 1/127 (images live in [-1, 1]); a tensor after conv/linear/add/avgpool gets
+max|x| / 127 over the calibration set (observed in float with the clean weights, after the fused activation);
+max pooling, padding, cropping, upsampling and flatten keep their input's scale; a concat takes the largest input
+scale; a table's output takes its function's fixed grid (tanh, sigmoid: 1/127) or max|f| / 127 (nfedge.integer.
+tables); the classifier's output (int32 logits) gets max|x| / 2^20, leaving 2^11 of headroom for faulty weights.
 """
 
 from __future__ import annotations
@@ -25,17 +26,19 @@ from nfedge.integer.scheme import (
     INT8_MIN,
     INT32_MAX,
     INT32_MIN,
+    quantize_add_factors,
     quantize_bias,
     quantize_multiplier,
     quantize_to_int8,
 )
 from nfedge.integer.simulate import run_float
+from nfedge.integer.tables import TABLES
 from nfedge.models.generators import neuralfuse_transform
 from nfedge.quant import quantize_symmetric
 from nfedge.sram.image import WeightImage
 
 INPUT_SCALE = 1.0 / ACT_QMAX  # inputs and F(x) are in [-1, 1]
-TANH_SCALE = 1.0 / ACT_QMAX
+_KEEPS_SCALE = ("maxpool", "upsample", "flatten", "pad", "crop")  # ops that move values without changing them
 LOGIT_RESOLUTION = 2.0**20  # logits' scale = max|logit| / 2^20
 GENERATOR_BITS = 8  # a generator's weights live in flash, quantized per output channel at 8 bits
 
@@ -106,13 +109,13 @@ def calibrate(prog: Program, model: nn.Module, x_calib: torch.Tensor, image: Wei
     scales = {INPUT: INPUT_SCALE}
     for op in prog.ops:
         s_in = [scales[i] for i in op.inputs]
-        if op.kind in ("maxpool", "upsample", "flatten"):
+        if op.kind in _KEEPS_SCALE:
             scales[op.output] = s_in[0]
         elif op.kind == "concat":
             scales[op.output] = max(s_in)
-        elif op.activation == "tanh":
+        elif op.activation in TABLES:
             op.params["pre_scale"] = _act_scale(amax[op.output + ":pre"], op)
-            scales[op.output] = TANH_SCALE
+            scales[op.output] = TABLES[op.activation].out_scale or _act_scale(amax[op.output], op)
         elif op.output == prog.output and op.kind == "linear" and op.activation == "none":
             scales[op.output] = max(amax[op.output], 1e-12) / LOGIT_RESOLUTION
         else:
@@ -143,16 +146,40 @@ def _integer_params(prog: Program, op: Op, s_in: list[float], s_out: float, shap
         p["sign"], p["mult"], p["shift"] = (np.array(v, dtype=np.int64) for v in zip(*mult))
         p["bias_q"] = quantize_bias(p["B"], acc_scale)
         final = op.output == prog.output and op.kind == "linear" and op.activation == "none"
-        p["lo"], p["hi"] = (INT32_MIN, INT32_MAX) if final else (0 if op.activation == "relu" else INT8_MIN, INT8_MAX)
-        if op.activation == "tanh":
-            q = np.arange(INT8_MIN, INT8_MAX + 1)
-            p["lut"] = quantize_to_int8(np.tanh(q * p["pre_scale"]), TANH_SCALE)
-    elif op.kind == "avgpool":
-        hw = shapes[op.inputs[0]][2] * shapes[op.inputs[0]][3]
-        op.attrs["hw"] = int(hw)
-        p["sign"], p["mult"], p["shift"] = quantize_multiplier(s_in[0] / (hw * s_out))
+        p["lo"], p["hi"] = (INT32_MIN, INT32_MAX) if final else _bounds(op, s_out)
+        _table(op, s_out)
+    elif op.kind == "add":  # y = (a * Ma + b * Mb + 2^(shift-1)) >> shift: one shared shift, rounded once
+        target = p.get("pre_scale", s_out)
+        p["ma"], p["mb"], p["shift"] = quantize_add_factors(s_in[0] / target, s_in[1] / target)
+        p["lo"], p["hi"] = _bounds(op, s_out)
+        _table(op, s_out)
+    elif op.kind == "avgpool":  # the window's int32 sum, rescaled by s_in / (count * s_out)
+        count = op.attrs["kernel"] ** 2 if "kernel" in op.attrs else shapes[op.inputs[0]][2] * shapes[op.inputs[0]][3]
+        op.attrs["hw"] = int(count)
+        p["sign"], p["mult"], p["shift"] = quantize_multiplier(s_in[0] / (count * s_out))
     elif op.kind == "concat":
         p["mults"] = [quantize_multiplier(s / s_out) for s in s_in]
+
+
+def _bounds(op: Op, s_out: float) -> tuple[int, int]:
+    """The int8 clamp of an op's output: ReLU from 0, a clamp activation at its real bounds on the output grid
+    (round half up, within int8), a table's pre-activation and no activation the whole int8 range."""
+    if op.activation == "relu":
+        return 0, INT8_MAX
+    if op.activation != "clamp":
+        return INT8_MIN, INT8_MAX
+    lo, hi = (None if v is None else math.floor(v / s_out + 0.5) for v in op.attrs["clamp"])
+    lo, hi = INT8_MIN if lo is None else max(INT8_MIN, lo), INT8_MAX if hi is None else min(INT8_MAX, hi)
+    if lo > hi:
+        raise NfedgeError(f"integer mode: the clamp of {op.module or op.output} is empty on its output grid")
+    return lo, hi
+
+
+def _table(op: Op, s_out: float) -> None:
+    """lut[i] = f((i - 128) * pre_scale) on the output grid, for an op ending in a table activation."""
+    if op.activation in TABLES:
+        q = torch.arange(INT8_MIN, INT8_MAX + 1, dtype=torch.float64)
+        op.params["lut"] = quantize_to_int8(TABLES[op.activation].fn(q * op.params["pre_scale"]).numpy(), s_out)
 
 
 CALIBRATION_IMAGES = 512  # default calibration set: a seeded subset of the training split

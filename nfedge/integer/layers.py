@@ -14,19 +14,32 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-SUPPORTED = ("Conv2d and ConvTranspose2d (groups=1, no dilation), Linear, BatchNorm2d/ReLU/Tanh directly after one of "
-             "those, MaxPool2d (stride = kernel, no padding), AdaptiveAvgPool2d(1) or mean over H,W, nearest Upsample by "
-             "an integer factor, torch.cat on channels, flatten (or view/reshape to (batch, -1))")
+from nfedge.models.tiny import keras_pool_window, keras_same_pad
+
+SUPPORTED = ("Conv2d (any groups: depthwise, grouped) and ConvTranspose2d (groups=1), no dilation; Linear; "
+             "BatchNorm2d directly after a conv; ReLU, ReLU6/Hardtanh/clamp and the tables Tanh, Sigmoid, SiLU, "
+             "Hardswish, Hardsigmoid, GELU directly after a conv or linear (ReLU and clamps also after an add); the "
+             "add of two tensors (residual); Identity and Dropout; MaxPool2d (any stride and padding); AvgPool2d "
+             "without padding; AdaptiveAvgPool2d(1) or mean over H,W; zero padding (F.pad, Keras 'same'); nearest "
+             "Upsample by an integer factor; torch.cat on channels; flatten (or view/reshape to (batch, -1))")
 
 A = torch.ops.aten
 # What an exported program's module runs besides the model: checks of its input's shape (no users, no effect here).
 GUARDS = {torch._assert, A._assert_scalar.default, A._assert_tensor_metadata.default, A.sym_constrain_range_for_size.default}
 _RELU = {torch.relu, F.relu, A.relu.default, "relu"}
-_TANH = {torch.tanh, F.tanh, A.tanh.default, "tanh"}
+# table activations (nfedge.integer.tables) by the functions and methods that call them
+_TABLE_FNS = {torch.tanh: "tanh", F.tanh: "tanh", A.tanh.default: "tanh", "tanh": "tanh",
+              torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", A.sigmoid.default: "sigmoid", "sigmoid": "sigmoid",
+              F.silu: "silu", A.silu.default: "silu", F.hardswish: "hardswish", A.hardswish.default: "hardswish",
+              F.hardsigmoid: "hardsigmoid", A.hardsigmoid.default: "hardsigmoid"}
+_TABLE_MODULES = {nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.SiLU: "silu", nn.Hardswish: "hardswish",
+                  nn.Hardsigmoid: "hardsigmoid"}
+_IDENTITY = {A.clone.default, A.alias.default, A.dropout.default, F.dropout, "clone", "contiguous"}
 _ADD = {operator.add, operator.iadd, torch.add, A.add.Tensor, "add", "add_"}
 _MEAN = {torch.mean, A.mean.dim, "mean"}
 _GLOBAL_POOL = {F.adaptive_avg_pool2d, A.adaptive_avg_pool2d.default, A._adaptive_avg_pool2d.default}
 _FLATTEN = {torch.flatten, A.flatten.using_ints, "flatten"}
+_AVG_POOL = {F.avg_pool2d, A.avg_pool2d.default}
 _VIEW = {A.view.default, A.reshape.default, A._unsafe_view.default, torch.reshape, "view", "reshape"}
 SIZE = {A.sym_size.int, "size"}
 _CONTAINERS = ("Sequential", "ModuleList", "ModuleDict")
@@ -76,8 +89,8 @@ def layer_of(node: torch.fx.Node, mods: dict[str, nn.Module]) -> tuple[str, str]
 
 
 def _conv(what: str, path: str, transposed: bool, stride, padding, dilation, groups, output_padding, kernel) -> dict:
-    if groups != 1:
-        raise Refused(f"{what}, groups={groups}: depthwise/grouped")
+    if groups != 1 and transposed:
+        raise Refused(f"{what}, groups={groups}: grouped transposed")
     if _uniform(dilation) != 1:
         raise Refused(f"{what}, dilation={dilation}: dilated")
     s, k = _uniform(stride), _uniform(kernel)
@@ -90,15 +103,38 @@ def _conv(what: str, path: str, transposed: bool, stride, padding, dilation, gro
     p, op_ = _uniform(padding), _uniform(output_padding) if transposed else 0
     if None in (s, p, op_):
         raise Refused(f"{what}, stride={stride}, padding={padding}: different per axis")
-    return {"module": path, "transposed": transposed, "stride": s, "padding": p, "output_padding": op_}
+    attrs = {"module": path, "transposed": transposed, "stride": s, "padding": p, "output_padding": op_}
+    return attrs | ({"groups": int(groups)} if groups != 1 else {})
 
 
-def _maxpool(what: str, kernel, stride, padding, dilation) -> dict:
+def _pool(what: str, kernel, stride, padding, dilation=1, ceil_mode=False) -> dict:
+    """kernel, stride, padding of a square max or average pool (stride None: the kernel, torch's default)."""
     k = _uniform(kernel)
     stride = kernel if stride is None or stride == [] else stride
-    if k is None or _uniform(stride) != k or _uniform(padding) != 0 or _uniform(dilation) != 1:
-        raise Refused(f"{what}, kernel={kernel} stride={stride} padding={padding}: overlapping or padded pooling")
-    return {"kernel": k}
+    s, p = _uniform(stride), _uniform(padding)
+    if None in (k, s, p) or _uniform(dilation) != 1 or ceil_mode:
+        raise Refused(f"{what}, kernel={kernel} stride={stride} padding={padding}: only square, undilated, floor mode")
+    return {"kernel": k, "stride": s, "padding": p}
+
+
+def _avgpool(what: str, kernel, stride, padding, ceil_mode, divisor_override) -> dict:
+    attrs = _pool(what, kernel, stride, padding, 1, ceil_mode)
+    if attrs["padding"] or divisor_override is not None:
+        raise Refused(f"{what}, padding={padding}: only without padding or divisor_override")
+    return {"kernel": attrs["kernel"], "stride": attrs["stride"]}
+
+
+def _clamp(what: str, lo: Any, hi: Any) -> tuple[str, dict]:
+    """A clamp activation (ReLU6, Hardtanh, clamp): both bounds real numbers (None: unbounded on that side)."""
+    if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in (lo, hi)):
+        raise Refused(f"{what} with tensor bounds")
+    if lo is not None and hi is not None and lo >= hi:
+        raise Refused(f"{what}({lo}, {hi}): empty range")
+    return "clamp", {"clamp": [None if lo is None else float(lo), None if hi is None else float(hi)]}
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 def _factor(scale: Any) -> int | None:
@@ -112,15 +148,29 @@ def module_op(m: nn.Module, what: str, path: str) -> tuple[str, dict]:
         if not (m.affine and m.track_running_stats):
             raise Refused(f"{what} without affine parameters or running statistics")
         return "bn", {"bn": path, "eps": float(m.eps)}
-    if isinstance(m, (nn.ReLU, nn.Tanh)):
-        return ("relu" if isinstance(m, nn.ReLU) else "tanh"), {}
+    if isinstance(m, nn.ReLU6):
+        return _clamp(what, 0.0, 6.0)
+    if isinstance(m, nn.Hardtanh):
+        return _clamp(what, m.min_val, m.max_val)
+    if isinstance(m, nn.ReLU):
+        return "relu", {}
+    if type(m) in _TABLE_MODULES:
+        return "table", {"fn": _TABLE_MODULES[type(m)]}
+    if isinstance(m, nn.GELU):
+        if m.approximate != "none":
+            raise Refused(f"{what}(approximate={m.approximate!r}): only the exact GELU")
+        return "table", {"fn": "gelu"}
+    if isinstance(m, (nn.Identity, nn.Dropout)):
+        return "identity", {}
     if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
         return "conv", _conv(what, path, isinstance(m, nn.ConvTranspose2d), m.stride, m.padding, m.dilation, m.groups,
                              m.output_padding, m.kernel_size)
     if isinstance(m, nn.Linear):
         return "linear", {"module": path}
     if isinstance(m, nn.MaxPool2d):
-        return "maxpool", _maxpool(what, m.kernel_size, m.stride, m.padding, m.dilation)
+        return "maxpool", _pool(what, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
+    if isinstance(m, nn.AvgPool2d):
+        return "avgpool", _avgpool(what, m.kernel_size, m.stride, m.padding, m.ceil_mode, m.divisor_override)
     if isinstance(m, nn.AdaptiveAvgPool2d):
         if _uniform(m.output_size) != 1:
             raise Refused(f"{what}({m.output_size}): only output size 1")
@@ -160,10 +210,42 @@ def function_op(node: torch.fx.Node, what: str, params: dict, sizes: dict) -> tu
     """(kind, attributes) of a function or method call: torch functions in a traced module, aten operators in an
     exported program. `params`: the graph's parameters and buffers; `sizes`: nodes that are a tensor's size."""
     t, args = node.target, node.args
-    if t in _RELU or t in _TANH:
-        return ("relu" if t in _RELU else "tanh"), {}
-    if t in (F.relu6, A.relu6.default) or (t is A.hardtanh.default and tuple(args[1:3]) == (0.0, 6.0)):
-        raise Refused("ReLU6")
+    if t in _RELU:
+        return "relu", {}
+    if t in _TABLE_FNS:
+        return "table", {"fn": _TABLE_FNS[t]}
+    if t in (F.gelu, A.gelu.default):
+        if arg(node, 1, "approximate", "none") != "none":
+            raise Refused(f"{what}(approximate={arg(node, 1, 'approximate')!r}): only the exact GELU")
+        return "table", {"fn": "gelu"}
+    if t in (F.relu6, A.relu6.default):
+        return _clamp(what, 0.0, 6.0)
+    if t in (F.hardtanh, A.hardtanh.default):
+        return _clamp(what, arg(node, 1, "min_val", -1.0), arg(node, 2, "max_val", 1.0))
+    if t in (torch.clamp, A.clamp.default, "clamp", "clip"):
+        return _clamp(what, arg(node, 1, "min"), arg(node, 2, "max"))
+    if t in _IDENTITY:
+        return "identity", {}
+    if t is keras_same_pad:
+        return "pad", {"same": [*_pair(args[1]), *_pair(args[2])]}
+    if t is keras_pool_window:
+        return "crop", {"like": args[1]}
+    if t is A.slice.Tensor:  # an exported keras_pool_window: the first `end` rows or columns
+        dim, start, end, step = arg(node, 1, "dim", 0), arg(node, 2, "start"), arg(node, 3, "end"), arg(node, 4, "step", 1)
+        dims = _dims(dim, _rank(args[0]) or 4)
+        if dims == {0} and start in (0, None) and step == 1 and (end is None or end >= 2**62):
+            return "identity", {}
+        if dims not in ({2}, {3}) or start not in (0, None) or step != 1 or not isinstance(end, int) or end < 1:
+            raise Refused(f"{what}(dim={dim}, {start}:{end}:{step}): only the first rows or columns of a map")
+        return "crop", {"rows" if dims == {2} else "cols": int(end)}
+    if t in (F.pad, A.pad.default, A.constant_pad_nd.default):
+        pads, value = arg(node, 1, "pad"), arg(node, 2 if t is A.constant_pad_nd.default else 3, "value", 0)
+        mode = arg(node, 2, "mode", "constant") if t is F.pad else "constant"
+        if mode != "constant" or value not in (0, 0.0, None) or not isinstance(pads, (list, tuple)) or len(pads) != 4:
+            raise Refused(f"{what}({pads}, mode={mode}, value={value}): only zero padding of H and W")
+        if not all(isinstance(v, int) and v >= 0 for v in pads):
+            raise Refused(f"{what}({pads}): only non-negative padding")
+        return "pad", {"pads": [int(v) for v in pads]}  # F.pad order: left, right, top, bottom
     if t in (torch.conv2d, A.conv2d.default, A.conv2d.padding, A.conv_transpose2d.input):
         path = _weight_module(args[1], arg(node, 2, "bias"))
         weight = params.get(f"{path}.weight".lstrip("."))
@@ -182,8 +264,11 @@ def function_op(node: torch.fx.Node, what: str, params: dict, sizes: dict) -> tu
             raise Refused(f"{what} in training mode (export the model in eval mode)")
         return "bn", {"bn": _bn_module(*args[1:5]), "eps": float(args[6 if legit else 7]), "tuple": legit}
     if t in (A.max_pool2d.default, F.max_pool2d):
-        return "maxpool", _maxpool(what, args[1], arg(node, 2, "stride"), arg(node, 3, "padding", 0),
-                                   arg(node, 4, "dilation", 1))
+        return "maxpool", _pool(what, args[1], arg(node, 2, "stride"), arg(node, 3, "padding", 0),
+                                arg(node, 4, "dilation", 1), arg(node, 5, "ceil_mode", False))
+    if t in _AVG_POOL:
+        return "avgpool", _avgpool(what, args[1], arg(node, 2, "stride"), arg(node, 3, "padding", 0),
+                                   arg(node, 4, "ceil_mode", False), arg(node, 6, "divisor_override"))
     if t in _MEAN:
         dims = arg(node, 1, "dim")
         if _dims(dims, _rank(args[0])) != {2, 3}:
@@ -216,6 +301,9 @@ def function_op(node: torch.fx.Node, what: str, params: dict, sizes: dict) -> tu
             raise Refused(f"cat along dim {dim}: only along channels (dim 1)")
         return "concat", {"tensors": list(tensors)}
     if t in _ADD:
-        both = sum(isinstance(v, torch.fx.Node) for v in args[:2]) == 2
-        raise Refused("add of two tensors: residual" if both else "add of a constant")
+        if sum(isinstance(v, torch.fx.Node) for v in args[:2]) != 2:
+            raise Refused("add of a constant")
+        if node.kwargs.get("alpha", args[2] if len(args) > 2 else 1) != 1:
+            raise Refused(f"{what} with alpha != 1")
+        return "add", {"tensors": list(args[:2])}
     raise Refused(what)

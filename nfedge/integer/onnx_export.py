@@ -12,7 +12,8 @@ with a generator, `front` (F(x), int8).
 
 Operator mapping (rescale="exact", the default: every step is integer arithmetic, so the model equals the
 reference bit for bit):
-- conv: ConvInteger, int8 x int8 -> int32. Its padding is the int8 0, which is the real 0 of symmetric activations.
+- conv: ConvInteger, int8 x int8 -> int32 (its group attribute for depthwise and grouped convs). Its padding is the
+  int8 0, which is the real 0 of symmetric activations; so is a pad op's (Pad, constant 0).
 - conv_transpose: ONNX has no integer ConvTranspose. The model runs the equivalent direct convolution instead.
   The int8 input is zero-inserted: stride - 1 zeros after every sample (Unsqueeze, Pad, Reshape). It is then padded
   by kernel - 1 - padding, plus output_padding at the end (a negative pad crops). ConvInteger at stride 1 follows,
@@ -26,9 +27,12 @@ reference bit for bit):
     sign (Python's %). The numerator is then an exact multiple of d, so the truncating Div is exact;
   - int64 suffices: |acc| < 2^31 and M < 2^31 give |v| < 2^62 + 2^61;
   - then Clip to [lo, hi] (ReLU: lo = 0; logits: the int32 range) and Cast to int8 or int32.
-- tanh: Gather on the 256-entry int8 table at index q + 128.
-- max pool: MaxPool on int8. Global average pool: ReduceSum in int64, then the rescale. Nearest upsample: Resize
-  (nearest, asymmetric, floor), which repeats values. Concat: each input rescaled, then Concat. Flatten: Flatten.
+- a table activation (tanh, sigmoid, ...): Gather on the 256-entry int8 table at index q + 128.
+- add: both int8 inputs Cast to int64, the shared-shift sum of the rescale above (two terms), clamp, table.
+- max pool: MaxPool on int8 (its padding never wins, as the reference's). Global average pool: ReduceSum in int64,
+  then the rescale; a windowed one: the window sums by ConvInteger with a kernel of ones per channel (group = C),
+  then the rescale. Crop: Slice. Nearest upsample: Resize (nearest, asymmetric, floor), which repeats values.
+  Concat: each input rescaled, then Concat. Flatten: Flatten.
 - front F(x) (reference.run_front): the shared-shift add (x * Mx + G(x) * Mg + 2^(shift-1)) >> shift, computed as
   above and saturated to [-127, 127].
 Two caveats:
@@ -58,7 +62,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from nfedge.errors import NfedgeError
 from nfedge.fileio import atomic_write_bytes
-from nfedge.integer.program import INPUT, Op, Program
+from nfedge.integer.program import INPUT, Op, Program, crop_size, pad_amounts
 from nfedge.integer.reference import front_factors, image_codes, run_front, run_integer
 from nfedge.integer.scheme import INT8_MAX, INT8_MIN, INT32_MIN
 from nfedge.sram.image import WeightImage
@@ -66,7 +70,7 @@ from nfedge.sram.image import WeightImage
 OPSET, IR_VERSION = 17, 8  # opset 17 belongs to IR version 8; the project's onnxruntime (>= 1.18) runs both
 X, IMAGE, OUTPUT, FRONT = "x", "image", "output", "front"
 RESCALES = ("exact", "float")
-KINDS = ("conv", "linear", "maxpool", "avgpool", "upsample", "concat", "flatten")  # program.Op.kind, all of them
+KINDS = ("conv", "linear", "add", "maxpool", "avgpool", "pad", "crop", "upsample", "concat", "flatten")  # all Op kinds
 INT64_MIN = -(2**63)
 FLOAT32_BELOW_2_31 = 2147483520.0  # the largest float32 below 2^31: float logits are clipped to it before the Cast
 
@@ -152,7 +156,7 @@ def _conv(g: _Graph, op: Op, x: str, w: str, wshape: tuple[int, ...], in_shape: 
     """The int32 accumulators of a conv or transposed conv (see the module doc for the transposed form)."""
     s, p = op.attrs["stride"], op.attrs["padding"]
     if not op.attrs.get("transposed"):
-        return g.op("ConvInteger", [x, w], pads=[p] * 4, strides=[s, s])
+        return g.op("ConvInteger", [x, w], pads=[p] * 4, strides=[s, s], group=op.attrs.get("groups", 1))
     _, _, h, wd = in_shape
     kh, kw = wshape[2], wshape[3]
     if s > 1:  # [N, C, H, 1, W, 1] -> pad s-1 zeros after each sample -> [N, C, H*s, W*s]
@@ -183,14 +187,28 @@ def _emit_program(g: _Graph, prog: Program, x: str, shapes: dict, entries: dict,
             nd = len(shapes[op.output])
             acc = g.op("Add", [g.op("Cast", [acc], to=TensorProto.INT64), g.i64(_per_channel(p["bias_q"], nd))])
             m = _per_channel(p["sign"], nd) * _per_channel(p["mult"], nd)
-            y = g.rescale_sum([(acc, m)], _per_channel(p["shift"], nd), p["lo"], p["hi"],
-                              p["lut"] if op.activation == "tanh" else None, hint)
+            y = g.rescale_sum([(acc, m)], _per_channel(p["shift"], nd), p["lo"], p["hi"], p.get("lut"), hint)
+        elif op.kind == "add":
+            terms = [(g.op("Cast", [v], to=TensorProto.INT64), np.int64(m)) for v, m in zip(a, (p["ma"], p["mb"]))]
+            y = g.rescale_sum(terms, p["shift"], p["lo"], p["hi"], p.get("lut"), hint)
         elif op.kind == "maxpool":
-            k = op.attrs["kernel"]
-            y = g.op("MaxPool", [a[0]], hint, kernel_shape=[k, k], strides=[k, k])
+            k, pad = op.attrs["kernel"], op.attrs.get("padding", 0)
+            y = g.op("MaxPool", [a[0]], hint, kernel_shape=[k, k], strides=[op.attrs.get("stride", k)] * 2, pads=[pad] * 4)
         elif op.kind == "avgpool":
-            s = g.op("ReduceSum", [g.op("Cast", [a[0]], to=TensorProto.INT64), g.i64([2, 3])], keepdims=1)
+            if "kernel" in op.attrs:  # window sums: a depthwise ConvInteger with a kernel of ones
+                k, c = op.attrs["kernel"], shapes[op.inputs[0]][1]
+                s = g.op("ConvInteger", [a[0], g.const(np.ones((c, 1, k, k)), np.int8)], strides=[op.attrs["stride"]] * 2,
+                         group=c)
+                s = g.op("Cast", [s], to=TensorProto.INT64)
+            else:
+                s = g.op("ReduceSum", [g.op("Cast", [a[0]], to=TensorProto.INT64), g.i64([2, 3])], keepdims=1)
             y = g.rescale_sum([(s, p["sign"] * p["mult"])], p["shift"], INT8_MIN, INT8_MAX, hint=hint)
+        elif op.kind == "pad":
+            left, right, top, bottom = pad_amounts(op, shapes[op.inputs[0]])
+            y = g.op("Pad", [a[0], g.i64([0, 0, top, left, 0, 0, bottom, right])], hint)
+        elif op.kind == "crop":
+            rows, cols = crop_size(op, [shapes[i] for i in op.inputs])
+            y = g.op("Slice", [a[0], g.i64([0, 0]), g.i64([rows, cols]), g.i64([2, 3])], hint)
         elif op.kind == "upsample":
             f = float(op.attrs["factor"])
             y = g.op("Resize", [a[0], "", g.const([1.0, 1.0, f, f], np.float32)], hint, mode="nearest",

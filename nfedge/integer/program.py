@@ -25,19 +25,21 @@ from torch import nn
 
 from nfedge.errors import NfedgeError
 from nfedge.integer.layers import GUARDS, SIZE, SUPPORTED, Refused, arg, function_op, layer_of, module_op
+from nfedge.integer.tables import TABLES
 
-ACTIVATIONS = ("none", "relu", "tanh")
+ACTIVATIONS = ("none", "relu", "clamp", *TABLES)  # clamp: attrs["clamp"] = [lo, hi] (real; None: open); else a table
 INPUT = "input"
+_FUSES_INTO = ("conv", "linear", "add")  # ops an activation (and, for conv, a BatchNorm) is folded into
 
 
 @dataclasses.dataclass
 class Op:
-    kind: str  # conv | linear | maxpool | avgpool | upsample | concat | flatten
+    kind: str  # conv | linear | add | maxpool | avgpool | pad | crop | upsample | concat | flatten
     inputs: list[str]
     output: str
     module: str = ""  # the torch module path (conv/linear: its weight is `module + ".weight"`)
     attrs: dict[str, Any] = dataclasses.field(default_factory=dict)  # stride, padding, transposed, kernel, ...
-    activation: str = "none"  # fused after the op: relu (clamp at 0) or tanh (a 256-entry table)
+    activation: str = "none"  # fused after the op: relu (clamp at 0), clamp, or a table (nfedge.integer.tables)
     # filled in by calibration (numpy arrays, per output channel where it applies):
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -58,6 +60,27 @@ class Program:
 
     def weight_key(self, op: Op) -> str:
         return f"{op.module}.weight" if op.module else "weight"
+
+
+def pad_amounts(op: Op, in_shape: tuple[int, ...]) -> list[int]:
+    """[left, right, top, bottom] zeros of a pad op on an [N, C, H, W] input: given (F.pad), or Keras
+    padding='same' for the conv behind it (attrs["same"] = [kH, kW, sH, sW]), which depends on H and W."""
+    if "pads" in op.attrs:
+        return [int(v) for v in op.attrs["pads"]]
+    from nfedge.models.tiny import keras_same_padding
+
+    kh, kw, sh, sw = op.attrs["same"]
+    return [*keras_same_padding(in_shape[3], kw, sw), *keras_same_padding(in_shape[2], kh, sh)]
+
+
+def crop_size(op: Op, shapes: list[tuple[int, ...]]) -> tuple[int, int]:
+    """(rows, cols) of its first input [N, C, H, W] that a crop op keeps, from the top left: attrs "rows" / "cols"
+    (a slice of an exported program), or with a second input, its H//2 x W//2 (the network input's: ds-cnn's
+    average-pool window, nfedge.models.tiny.keras_pool_window); never more than the input has."""
+    h, w = int(shapes[0][2]), int(shapes[0][3])
+    if len(shapes) > 1:
+        return min(h, int(shapes[1][2]) // 2), min(w, int(shapes[1][3]) // 2)
+    return min(h, int(op.attrs.get("rows") or h)), min(w, int(op.attrs.get("cols") or w))
 
 
 def batchnorm_eps(op: Op, bn: nn.Module) -> float:
@@ -104,15 +127,18 @@ class _Trace:
         return base
 
     def fuse(self, node: torch.fx.Node, kind: str, info: dict) -> bool:
-        """Fold a BatchNorm / ReLU / Tanh into the conv or linear producing its input, when it is that op's only user."""
+        """Fold a BatchNorm into the conv, or an activation into the conv, linear or add producing its input, when it
+        is that op's only user."""
         into = self.name_of[node]
         op = self.producer.get(into)
-        if op is None or op.kind not in ("conv", "linear") or self.users[node.args[0]] != 1:
+        if op is None or op.kind not in _FUSES_INTO or self.users[node.args[0]] != 1:
             return False
-        if kind == "bn" and op.activation == "none" and "bn" not in op.attrs:
+        if kind == "bn" and op.kind != "add" and op.activation == "none" and "bn" not in op.attrs:
             op.attrs.update(bn=info["bn"], bn_eps=info["eps"])
-        elif kind in ("relu", "tanh") and op.activation == "none":
-            op.activation = kind
+        elif kind in ("relu", "clamp", "table") and op.activation == "none":
+            op.activation = info["fn"] if kind == "table" else kind
+            if kind == "clamp":
+                op.attrs["clamp"] = info["clamp"]
         else:
             return False
         return True
@@ -149,15 +175,20 @@ class _Trace:
             return
         kind, info = (module_op(self.mods[t], what, t) if node.op == "call_module"
                       else function_op(node, what, self.params, self.sizes))
-        if kind in ("bn", "relu", "tanh"):
+        if kind == "identity":
+            self.name_of[node] = self.src(node.args[0])
+        elif kind in ("bn", "relu", "clamp", "table"):
             self.name_of[node] = self.src(node.args[0])
             if info.get("tuple"):
                 self.tuples.add(node)
             if self.name_of[node] not in self.bad and not self.fuse(node, kind, info):
-                raise Refused(f"{what}: not directly after a conv or linear layer")
-        elif kind == "concat":
-            self.emit(node, "concat", [self.src(a) for a in info["tensors"]])
-        elif kind == "avgpool" and not info["keepdim"]:  # x.mean((2, 3)): global average pooling, then flatten
+                after = "a conv" if kind == "bn" else "a conv, linear or add"
+                raise Refused(f"{what}: not directly after {after} whose only user it is")
+        elif kind in ("concat", "add"):
+            self.emit(node, kind, [self.src(a) for a in info["tensors"]])
+        elif kind == "crop" and "like" in info:  # the top-left H//2 x W//2 of the first input, H x W the second's
+            self.emit(node, "crop", [self.src(node.args[0]), self.src(info["like"])])
+        elif kind == "avgpool" and not info.get("keepdim", True):  # x.mean((2, 3)): global average pooling, then flatten
             pooled = self.fresh(f"{node.name}_pool")
             self.emit(node, "avgpool", [self.src(node.args[0])], output=pooled)
             self.emit(node, "flatten", [pooled])
@@ -168,8 +199,9 @@ class _Trace:
 
 
 def trace_program(model: nn.Module, weights_from_image: bool) -> Program:
-    """The operator structure of `model` (eval mode): conv/linear (+ BatchNorm, + ReLU/Tanh fused), max and
-    global-average pooling (AdaptiveAvgPool2d(1) or a mean over H,W), nearest upsampling, channel concat, flatten.
+    """The operator structure of `model` (eval mode): conv (also depthwise and grouped) and linear with BatchNorm
+    and an activation fused (ReLU, a clamp, a table), residual adds (an activation fused), max and average pooling,
+    zero padding, nearest upsampling, channel concat, flatten; Identity and Dropout vanish (layers.SUPPORTED).
     A module is traced with torch.fx; an exported program's module (nfedge.train.model_source.load_program) is a
     graph of aten operators already and is read as it is. Every layer outside that set is named in one error."""
     model = model.eval()

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from nfedge.errors import NfedgeError
-from nfedge.integer.program import INPUT, Op, Program
+from nfedge.integer.program import INPUT, Op, Program, crop_size, pad_amounts
 from nfedge.integer.scheme import INT8_MAX, INT8_MIN, add_rescaled, quantize_add_factors, requantize
 from nfedge.sram.image import WeightImage
 
@@ -70,7 +70,18 @@ def _mac(op: Op, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     if op.attrs.get("transposed"):
         return _exact_int(F.conv_transpose2d(xf, wf, stride=op.attrs["stride"], padding=op.attrs["padding"],
                                              output_padding=op.attrs["output_padding"]))
-    return _exact_int(F.conv2d(xf, wf, stride=op.attrs["stride"], padding=op.attrs["padding"]))
+    return _exact_int(F.conv2d(xf, wf, stride=op.attrs["stride"], padding=op.attrs["padding"],
+                               groups=op.attrs.get("groups", 1)))
+
+
+def _table(op: Op, y: torch.Tensor) -> torch.Tensor:
+    """lut[y + 128] where the op ends in a table activation (its int8 pre-activation y), else y."""
+    return torch.as_tensor(np.asarray(op.params["lut"], dtype=np.int64))[y - INT8_MIN] if "lut" in op.params else y
+
+
+def _window_sum(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
+    """The int sums over each pooling window (float64 holds them exactly: |sum| <= 128 k^2)."""
+    return F.avg_pool2d(x.to(torch.float64), kernel, stride, divisor_override=1).to(torch.int64)
 
 
 def integer_op(prog: Program, op: Op, a: list, codes: dict) -> torch.Tensor:
@@ -85,13 +96,22 @@ def integer_op(prog: Program, op: Op, a: list, codes: dict) -> torch.Tensor:
         acc = acc + _per_channel(p["bias_q"], nd)
         y = requantize(acc, _per_channel(p["sign"], nd), _per_channel(p["mult"], nd), _per_channel(p["shift"], nd),
                        p["lo"], p["hi"])
-        return torch.as_tensor(np.asarray(p["lut"], dtype=np.int64))[y - INT8_MIN] if op.activation == "tanh" else y
-    if op.kind == "maxpool":
+        return _table(op, y)
+    if op.kind == "add":
+        return _table(op, add_rescaled(a[0], a[1], p["ma"], p["mb"], p["shift"], p["lo"], p["hi"]))
+    if op.kind == "maxpool":  # padding never wins: torch pads max pooling with -inf (float64 holds int8 exactly)
         k = op.attrs["kernel"]
-        n, c, h, w_ = a[0].shape
-        return a[0][:, :, : h // k * k, : w_ // k * k].reshape(n, c, h // k, k, w_ // k, k).amax(dim=(3, 5))
+        y = F.max_pool2d(a[0].to(torch.float64), k, op.attrs.get("stride", k), op.attrs.get("padding", 0))
+        return y.to(torch.int64)
     if op.kind == "avgpool":
-        return requantize(a[0].sum(dim=(2, 3), keepdim=True), p["sign"], p["mult"], p["shift"])
+        s = (_window_sum(a[0], op.attrs["kernel"], op.attrs["stride"]) if "kernel" in op.attrs
+             else a[0].sum(dim=(2, 3), keepdim=True))
+        return requantize(s, p["sign"], p["mult"], p["shift"])
+    if op.kind == "pad":
+        return F.pad(a[0], pad_amounts(op, tuple(a[0].shape)))
+    if op.kind == "crop":
+        rows, cols = crop_size(op, [tuple(v.shape) for v in a])
+        return a[0][:, :, :rows, :cols]
     if op.kind == "upsample":
         f = op.attrs["factor"]
         return a[0].repeat_interleave(f, dim=2).repeat_interleave(f, dim=3)

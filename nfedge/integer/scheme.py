@@ -124,5 +124,7 @@ def quantize_add_factors(fa: float, fb: float) -> tuple[int, int, int]:
 def add_rescaled(a: np.ndarray, b: np.ndarray, ma: int, mb: int, shift: int, lo: int = INT8_MIN,
                  hi: int = INT8_MAX) -> np.ndarray:
     """saturate((a * Ma + b * Mb + 2^(shift-1)) >> shift): the integer add of two differently scaled int8 tensors."""
+    if isinstance(a, torch.Tensor):  # the fast reference (torch int64 tensors): the same formula
+        return saturate((a * ma + b * mb + (1 << (shift - 1))) >> shift, lo, hi)
     a64, b64 = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
     return saturate((a64 * ma + b64 * mb + (np.int64(1) << np.int64(shift - 1))) >> np.int64(shift), lo, hi)

@@ -6,9 +6,10 @@ takes no QLinearConv, and its QDQ import folds weights back to float).
     "generator": (x: int8 [N, C, H, W]) -> F(x) = clip(x + G(x), -1, 1) as int8 at the input scale
 The base model slices its int8 codes out of the ONE flat image input on every inference, so one compiled
 artifact runs against every faulty image; the generator's codes are constants (flash). Every operator is
-the reference's formula: conv2d / conv2d_transpose / matmul with int8 operands and out_dtype int32, the
-int32 bias and the TOSA rescale in int64 ((acc * sign*M + 2^(shift-1)) >> shift), saturation by
-maximum/minimum, int8 max pooling, int32 sums, int8 repeats and concats, a 256-entry table for tanh.
+the reference's formula: conv2d (grouped too) / conv2d_transpose / matmul with int8 operands and out_dtype int32,
+the int32 bias and the TOSA rescale in int64 ((acc * sign*M + 2^(shift-1)) >> shift), the add's shared-shift sum of
+two rescaled terms, saturation by maximum/minimum, int8 max pooling (padded with -128, which never wins), int32
+window sums, int8 zero pads, crops, repeats and concats, a 256-entry table for a table activation.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from nfedge.deploy.compile.int8_kernels import (
     padded_reduction,
 )
 from nfedge.errors import NfedgeError
-from nfedge.integer.program import INPUT, Op, Program
+from nfedge.integer.program import INPUT, Op, Program, crop_size, pad_amounts
 from nfedge.integer.reference import front_factors
 from nfedge.integer.scheme import INT8_MAX, INT8_MIN, INT32_MIN
 from nfedge.sram.image import WeightImage
@@ -46,8 +47,6 @@ def _const(v, dtype: str):
 
 def _rescale(bb, x, sign, mult, shift, lo: int, hi: int, out_dtype: str, channel_axis_ndim: int | None):
     """saturate((x * sign*M + 2^(shift-1)) >> shift) in int64, then cast; per channel when ndim is given."""
-    from tvm import relax
-
     def shaped(v):
         a = np.asarray(v, dtype=np.int64)
         if channel_axis_ndim is not None and a.ndim:
@@ -55,11 +54,25 @@ def _rescale(bb, x, sign, mult, shift, lo: int, hi: int, out_dtype: str, channel
         return a
 
     sm = shaped(np.asarray(sign, dtype=np.int64) * np.asarray(mult, dtype=np.int64))
-    sh = shaped(shift)
-    y = x if str(x.ty.dtype) == "int64" else bb.emit(relax.op.astype(x, "int64"))
-    y = bb.emit(relax.op.multiply(y, _const(sm, "int64")))
-    y = bb.emit(relax.op.add(y, _const(np.left_shift(np.int64(1), sh - 1), "int64")))
-    y = bb.emit(relax.op.right_shift(y, _const(sh, "int64")))
+    return _rescale_sum(bb, [(x, sm)], shaped(shift), lo, hi, out_dtype)
+
+
+def _int64(bb, x):
+    from tvm import relax
+
+    return x if str(x.ty.dtype) == "int64" else bb.emit(relax.op.astype(x, "int64"))
+
+
+def _rescale_sum(bb, terms: list, sh, lo: int, hi: int, out_dtype: str):
+    """saturate((sum_i x_i * m_i + 2^(shift-1)) >> shift) in int64, then cast (terms: (tensor, int64 multiplier))."""
+    from tvm import relax
+
+    y = None
+    for x, m in terms:
+        t = bb.emit(relax.op.multiply(_int64(bb, x), _const(m, "int64")))
+        y = t if y is None else bb.emit(relax.op.add(y, t))
+    y = bb.emit(relax.op.add(y, _const(np.left_shift(np.int64(1), np.asarray(sh, dtype=np.int64) - 1), "int64")))
+    y = bb.emit(relax.op.right_shift(y, _const(np.asarray(sh, dtype=np.int64), "int64")))
     y = bb.emit(relax.op.maximum(y, _const(lo, "int64")))
     y = bb.emit(relax.op.minimum(y, _const(hi, "int64")))
     return bb.emit(relax.op.astype(y, out_dtype))
@@ -114,7 +127,7 @@ def _layer_requant(op: Op, kp: int, out_channels: int) -> Requant:
     signed_mult = np.asarray(p["sign"], dtype=np.int64) * np.asarray(p["mult"], dtype=np.int64)
     return Requant.per_channel(p["bias_q"], signed_mult, p["shift"], out_channels=out_channels, kp=kp, lo=p["lo"],
                                hi=p["hi"], out_dtype="int32" if p["lo"] == INT32_MIN else "int8",
-                               lut=p["lut"] if op.activation == "tanh" else None)
+                               lut=p.get("lut"))
 
 
 def _emit_conv_kernel(bb, prog: Program, op: Op, x, image_var, entries, isa: str | None, total_bytes: int,
@@ -136,11 +149,22 @@ _IM2COL_PREFIX, _NHWC_PREFIX = "nf_conv_", "nf_convh_"  # PrimFunc names of the 
 _NHWC_KINDS = ("conv", "maxpool", "upsample", "concat")  # a generator of only these runs in NHWC
 
 
+def _on_kernel(prog: Program, op: Op, entries: dict[str, Any]) -> bool:
+    """A conv that one of nfedge's own kernels computes: not transposed, not grouped, a square kernel."""
+    if op.kind != "conv" or op.attrs.get("transposed") or op.attrs.get("groups", 1) != 1:
+        return False
+    key = prog.weight_key(op)
+    shape = entries[key].shape if prog.weights_from_image else np.shape(prog.constants[key])
+    return int(shape[2]) == int(shape[3])
+
+
 def runs_nhwc(prog: Program) -> bool:
-    """A generator (constant weights) made only of non-transposed convs, max pooling, upsampling and concats
-    runs its layers in NHWC with the direct kernel (the reference stays NCHW: the same integers)."""
+    """A generator (constant weights) made only of kernel convs, non-overlapping unpadded max pooling, upsampling
+    and concats runs its layers in NHWC with the direct kernel (the reference stays NCHW: the same integers)."""
     return (not prog.weights_from_image and all(op.kind in _NHWC_KINDS for op in prog.ops)
-            and not any(op.attrs.get("transposed") for op in prog.ops))
+            and all(_on_kernel(prog, op, {}) for op in prog.ops if op.kind == "conv")
+            and all(op.attrs.get("stride", op.attrs["kernel"]) == op.attrs["kernel"] and not op.attrs.get("padding")
+                    for op in prog.ops if op.kind == "maxpool"))
 
 
 def _emit_nhwc(bb, prog: Program, x, isa: str | None):
@@ -167,27 +191,54 @@ def _emit_nhwc(bb, prog: Program, x, isa: str | None):
 
 
 def _emit_relax_layer(bb, prog: Program, op: Op, x, image_var, entries):
-    """A linear or transposed conv layer (no kernel of nfedge's own) as Relax operators: the int8 x int8 -> int32
-    operator, the bias and rescale in int64 (_rescale), then the tanh table where the layer has one."""
+    """A linear, grouped, non-square or transposed conv layer (no kernel of nfedge's own) as Relax operators: the int8 x int8
+    -> int32 operator, the bias and rescale in int64 (_rescale), then the table where the layer has one."""
     from tvm import relax
 
     p = op.params
     w = _weight(bb, prog, op, image_var, entries)
     if op.kind == "linear":
         acc = bb.emit(relax.op.matmul(x, relax.op.permute_dims(w, [1, 0]), out_dtype="int32"))
-    else:  # a transposed conv: every other conv is a kernel (_emit_conv_kernel)
+    elif op.attrs.get("transposed"):
         acc = bb.emit(relax.op.nn.conv2d_transpose(x, w, strides=op.attrs["stride"], padding=op.attrs["padding"],
                                                    output_padding=op.attrs["output_padding"],
                                                    kernel_layout="IOHW", out_dtype="int32"))
+    else:  # a grouped (depthwise) or non-square conv: every other conv is a kernel (_emit_conv_kernel)
+        acc = bb.emit(relax.op.nn.conv2d(x, w, strides=op.attrs["stride"], padding=op.attrs["padding"],
+                                         groups=op.attrs.get("groups", 1), out_dtype="int32"))
     ndim = 2 if op.kind == "linear" else 4
     bias = np.asarray(p["bias_q"], dtype=np.int64).reshape(1, -1, *([1] * (ndim - 2)))
     acc = bb.emit(relax.op.add(relax.op.astype(acc, "int64"), _const(bias, "int64")))
     final = p["lo"] == INT32_MIN  # the classifier: int32 logits
     y = _rescale(bb, acc, p["sign"], p["mult"], p["shift"], p["lo"], p["hi"], "int32" if final else "int8", ndim)
-    if op.activation == "tanh":
-        idx = bb.emit(relax.op.add(relax.op.astype(y, "int32"), _const(-INT8_MIN, "int32")))
-        y = bb.emit(relax.op.take(_const(p["lut"], "int8"), idx, axis=0))
-    return y
+    return _table(bb, op, y)
+
+
+def _table(bb, op: Op, y):
+    """lut[y + 128] where the op ends in a table activation, else y."""
+    from tvm import relax
+
+    if "lut" not in op.params:
+        return y
+    idx = bb.emit(relax.op.add(relax.op.astype(y, "int32"), _const(-INT8_MIN, "int32")))
+    return bb.emit(relax.op.take(_const(op.params["lut"], "int8"), idx, axis=0))
+
+
+def _window_sum(bb, x, kernel: int, stride: int):
+    """int32 sums over each kernel x kernel window at `stride` (no padding): one strided slice per tap, added."""
+    from tvm import relax
+
+    _, _, h, w = (int(v) for v in x.ty.shape)
+    oh, ow = (h - kernel) // stride + 1, (w - kernel) // stride + 1
+    x32 = bb.emit(relax.op.astype(x, "int32"))
+    total = None
+    for i in range(kernel):
+        for j in range(kernel):
+            tap = bb.emit(relax.op.strided_slice(x32, axes=[2, 3], begin=[i, j],
+                                                 end=[i + stride * (oh - 1) + 1, j + stride * (ow - 1) + 1],
+                                                 strides=[stride, stride]))
+            total = tap if total is None else bb.emit(relax.op.add(total, tap))
+    return total
 
 
 def _emit_program(bb, prog: Program, x, image_var, entries, isa: str | None = None, total_bytes: int = 0):
@@ -201,16 +252,29 @@ def _emit_program(bb, prog: Program, x, image_var, entries, isa: str | None = No
     for op in prog.ops:
         a = [t[i] for i in op.inputs]
         p = op.params
-        if op.kind == "conv" and not op.attrs.get("transposed"):
+        if _on_kernel(prog, op, entries):
             y = _emit_conv_kernel(bb, prog, op, a[0], image_var, entries, isa, total_bytes)
         elif op.kind in ("conv", "linear"):
             y = _emit_relax_layer(bb, prog, op, a[0], image_var, entries)
+        elif op.kind == "add":
+            y = _rescale_sum(bb, [(a[0], p["ma"]), (a[1], p["mb"])], p["shift"], p["lo"], p["hi"], "int8")
+            y = _table(bb, op, y)
         elif op.kind == "maxpool":
             k = op.attrs["kernel"]
-            y = bb.emit(relax.op.nn.max_pool2d(a[0], pool_size=k, strides=k))
+            y = bb.emit(relax.op.nn.max_pool2d(a[0], pool_size=k, strides=op.attrs.get("stride", k),
+                                               padding=op.attrs.get("padding", 0)))
         elif op.kind == "avgpool":
-            s = bb.emit(relax.op.sum(relax.op.astype(a[0], "int32"), axis=[2, 3], keepdims=True))
+            if "kernel" in op.attrs:
+                s = _window_sum(bb, a[0], op.attrs["kernel"], op.attrs["stride"])
+            else:
+                s = bb.emit(relax.op.sum(relax.op.astype(a[0], "int32"), axis=[2, 3], keepdims=True))
             y = _rescale(bb, s, p["sign"], p["mult"], p["shift"], INT8_MIN, INT8_MAX, "int8", None)
+        elif op.kind == "pad":
+            left, right, top, bottom = pad_amounts(op, tuple(int(v) for v in a[0].ty.shape))
+            y = bb.emit(relax.op.nn.pad(a[0], [0, 0, 0, 0, top, bottom, left, right], pad_value=0.0))
+        elif op.kind == "crop":
+            rows, cols = crop_size(op, [tuple(int(v) for v in x.ty.shape) for x in a])
+            y = bb.emit(relax.op.strided_slice(a[0], axes=[2, 3], begin=[0, 0], end=[rows, cols]))
         elif op.kind == "upsample":
             f = op.attrs["factor"]
             y = bb.emit(relax.op.repeat(relax.op.repeat(a[0], f, axis=2), f, axis=3))
