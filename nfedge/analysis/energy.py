@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -83,6 +85,8 @@ class EnergyConfig(StageConfig):
     calibration: str = "sram-14nm"
     array_rows: int = 32
     array_cols: int = 32
+    # an Ethos-U bundle (`nfedge build --target ethos-u55-128 --mode integer`): ES also from Vela's weight-read bytes
+    vela_bundle: str | None = None
 
     def validate(self) -> None:
         require(isinstance(self.base, str) and (self.base in BASE_MODELS or self.base.endswith(".pt")),
@@ -99,6 +103,8 @@ class EnergyConfig(StageConfig):
         if self.ber is not None:
             require(isinstance(self.ber, (int, float)) and 0.0 <= self.ber <= 0.5,
                     f"BER must be in [0, 0.5], got {self.ber!r}")
+        require(self.vela_bundle is None or (isinstance(self.vela_bundle, str) and self.vela_bundle != ""),
+                "vela_bundle must be an Ethos-U bundle directory or None")
         for f in ("array_rows", "array_cols"):
             v = getattr(self, f)
             require(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{f} must be an integer >= 1, got {v!r}")
@@ -159,7 +165,41 @@ def estimate_energy(cfg: EnergyConfig) -> dict[str, Any]:
         "energy_saving": energy_saving(gw, bw, r),
         "mac_energy_saving": mac_energy_saving(gm, bm, r),
         "dataflow": dataflow_description(array),
-    }
+    } | ({"vela": vela_energy(cfg.vela_bundle, r)} if cfg.vela_bundle else {})
+
+
+_MAX_MANIFEST_BYTES = 16 << 20
+
+
+def _bytes(v: Any, where: str) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        raise NfedgeError(f"{where}: weight_read_bytes must be a non-negative integer, got {v!r}")
+    return v
+
+
+def vela_energy(bundle_dir: str, r: float) -> dict[str, Any]:
+    """ES (Eq. 6) with Vela's weight traffic in place of TWMA: the weight bytes the NPU reads per inference, summed
+    over its memory areas, of the base model and the generator, from an Ethos-U bundle's manifest ("npu", written by
+    nfedge.deploy.compile.vela). The manifest is read as data: only these numbers."""
+    path = Path(bundle_dir) / "manifest.json"
+    where = f"Vela bundle {bundle_dir}"
+    if not path.is_file() or path.is_symlink() or path.stat().st_size > _MAX_MANIFEST_BYTES:
+        raise NfedgeError(f"{where}: no bundle manifest.json (build one with `nfedge build --target ethos-u55-128 "
+                          "--mode integer`)")
+    try:
+        m = json.loads(path.read_text())
+        npu, models = m["npu"], m["npu"]["models"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise NfedgeError(f"{where}: not an Ethos-U bundle (its manifest has no npu table)") from None
+    if not isinstance(models, dict) or not isinstance(models.get("base"), dict):
+        raise NfedgeError(f"{where}: the npu table has no base model")
+    base = _bytes(models["base"].get("weight_read_bytes"), where)
+    gen = _bytes(models["generator"].get("weight_read_bytes"), where) if isinstance(models.get("generator"), dict) else None
+    require(base > 0, f"{where}: Vela reports no weight reads for the base model")
+    return {"accelerator": npu.get("accelerator"), "memory_mode": npu.get("memory_mode"),
+            "base_weight_read_bytes": base, "generator_weight_read_bytes": gen,
+            "energy_saving": energy_saving(gen, base, r) if gen is not None else 1.0 - r,
+            "source": "Vela's estimated weight bytes read per inference (all memory areas)"}
 
 
 def list_models(input_shape: Sequence[int] = (3, 32, 32), classes: int = 10) -> list[dict[str, Any]]:

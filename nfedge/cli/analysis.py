@@ -122,8 +122,10 @@ def models_cmd(input_shape, classes, as_json):
               help="base-model SRAM voltage in V/Vmin")
 @click.option("--ber", type=float, help="or the BER; the voltage is found from the calibration table")
 @click.option("--calibration", default=_energy("calibration"), show_default=True, type=str)
+@click.option("--vela-bundle", type=click.Path(file_okay=False),
+              help="an Ethos-U bundle (build --target ethos-u55-128 --mode integer): ES also from Vela's weight reads")
 @click.option("--json", "as_json", is_flag=True)
-def energy_cmd(base, generator, input_shape, classes, voltage, ber, calibration, as_json):
+def energy_cmd(base, generator, input_shape, classes, voltage, ber, calibration, vela_bundle, as_json):
     """Weight-memory accesses, MACs, energy saving ES (paper Eq. 6) and MAC-ES (Eq. 7)."""
     from nfedge.analysis.energy import EnergyConfig, estimate_energy
 
@@ -131,7 +133,7 @@ def energy_cmd(base, generator, input_shape, classes, voltage, ber, calibration,
     if ber is not None and not voltage_given:
         voltage = None  # --ber alone: the table gives the voltage
     cfg = EnergyConfig(base=base, generator=None if generator.lower() == "none" else generator, input=input_shape,
-                       classes=classes, voltage=voltage, ber=ber, calibration=calibration)
+                       classes=classes, voltage=voltage, ber=ber, calibration=calibration, vela_bundle=vela_bundle)
     r = estimate_energy(cfg)
     lines = [f"{k}: {v}" for k, v in r.items()]
     click.echo(json.dumps(r, sort_keys=True) if as_json else "\n".join(lines))

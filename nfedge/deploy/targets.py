@@ -17,6 +17,8 @@ and, for bare-metal targets, the fixed address where the weight image is loaded)
               samples at memory.input.origin, outputs on the CMSDK UART at io.uart (no semihosting)
   linux       aarch64 user space under qemu-user: a static runner, image read from a file
   host        the build machine: tvm.compile + export_library, run by the Relax VM
+  ethos-u     an Arm Ethos-U NPU: no TVM, no toolchain, no emulator; [npu] names Vela's accelerator configuration,
+              system configuration and memory mode (nfedge.deploy.compile.vela compiles the integer program's TOSA)
 """
 
 from __future__ import annotations
@@ -31,10 +33,10 @@ from typing import Any
 
 from nfedge.errors import NfedgeError
 
-__all__ = ["MemoryRegion", "Toolchain", "Emulator", "TargetDescriptor", "load_target", "list_targets",
+__all__ = ["MemoryRegion", "Toolchain", "Emulator", "Npu", "TargetDescriptor", "load_target", "list_targets",
            "descriptor_text", "parse_target", "KINDS", "DEFAULT_TARGET"]
 
-KINDS = ("bare-metal", "linux", "host")
+KINDS = ("bare-metal", "linux", "host", "ethos-u")
 TIMERS = ("systick", "wall", "none")
 DEFAULT_TARGET = "arm-cortex"
 _MAX_ALIAS_DEPTH = 8
@@ -77,6 +79,15 @@ class Emulator:
 
 
 @dataclasses.dataclass(frozen=True)
+class Npu:
+    """An Ethos-U target's Vela settings: names Vela checks against its own lists and its built-in vela.ini."""
+
+    accelerator: str  # Vela --accelerator-config, e.g. ethos-u55-128
+    system_config: str  # a [System_Config.*] of Vela's Arm/vela.ini
+    memory_mode: str  # a [Memory_Mode.*] of it: Sram_Only, Shared_Sram, Dedicated_Sram...
+
+
+@dataclasses.dataclass(frozen=True)
 class TargetDescriptor:
     name: str
     description: str
@@ -97,6 +108,7 @@ class TargetDescriptor:
     aliases: tuple[str, ...] = ()  # names that led here (e.g. "arm-cortex")
     input: MemoryRegion | None = None  # bare metal: where the emulator's loader places the input samples
     uart: int | None = None  # bare metal: base address of the CMSDK APB UART that QEMU's first -serial captures
+    npu: Npu | None = None  # ethos-u: Vela's settings
 
     @property
     def tvm_target_dict(self) -> dict[str, Any]:
@@ -132,7 +144,7 @@ class TargetDescriptor:
             "timing": {"clock_hz": self.clock_hz, "timer": self.timer,
                        "instructions_per_tick": self.instructions_per_tick},
             "source": self.source, "aliases": list(self.aliases),
-        }
+        } | ({"npu": dataclasses.asdict(self.npu)} if self.npu else {})
 
 
 def _targets_dir():
@@ -246,7 +258,7 @@ class _Reader:
 
 def _parse(data: dict[str, Any], source: str, aliases: tuple[str, ...]) -> TargetDescriptor:
     r = _Reader(data, source)
-    known = {"name", "description", "kind", "tvm", "toolchain", "emulator", "memory", "io", "timing"}
+    known = {"name", "description", "kind", "tvm", "toolchain", "emulator", "memory", "io", "timing", "npu"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise NfedgeError(f"target descriptor {source}: unknown key(s) {', '.join(unknown)}")
@@ -254,16 +266,20 @@ def _parse(data: dict[str, Any], source: str, aliases: tuple[str, ...]) -> Targe
     kind = r.get("kind", str)
     if kind not in KINDS:
         raise NfedgeError(f"target descriptor {source}: kind {kind!r} is not one of {', '.join(KINDS)}")
-    tvm_t = r.table("tvm").get("target", dict)
-    if tvm_t.get("kind") != "llvm":
-        raise NfedgeError(f"target descriptor {source}: tvm.target.kind must be \"llvm\" (got {tvm_t.get('kind')!r})")
-    tc = r.table("toolchain")
-    toolchain = Toolchain(cc=tc.get("cc", str), size=tc.get("size", str, "size"),
-                          cflags=tc.strings("cflags", ()), ldflags=tc.strings("ldflags", ()))
-    em = r.table("emulator", required=kind != "host")
+    npu = _npu(r, source, kind)
+    if npu is not None:  # an NPU target: Vela compiles it; no TVM, no toolchain, nothing that runs it here
+        tvm_t, toolchain = {}, Toolchain(cc="", size="", cflags=(), ldflags=())
+    else:
+        tvm_t = r.table("tvm").get("target", dict)
+        if tvm_t.get("kind") != "llvm":
+            raise NfedgeError(f"target descriptor {source}: tvm.target.kind must be \"llvm\" (got {tvm_t.get('kind')!r})")
+        tc = r.table("toolchain")
+        toolchain = Toolchain(cc=tc.get("cc", str), size=tc.get("size", str, "size"),
+                              cflags=tc.strings("cflags", ()), ldflags=tc.strings("ldflags", ()))
+    em = r.table("emulator", required=kind not in ("host", "ethos-u"))
     emulator = None
-    if em is not None and kind == "host":  # the host target is run by nfedge's own runner, never a named program
-        raise NfedgeError(f"target descriptor {source}: a host target takes no [emulator] (nfedge runs it itself)")
+    if em is not None and kind in ("host", "ethos-u"):  # never a program a descriptor names
+        raise NfedgeError(f"target descriptor {source}: a {kind} target takes no [emulator]")
     if em is not None:
         emulator = Emulator(command=em.strings("command"), machine=em.get("machine", str, None),
                             cpu=em.get("cpu", str, None), args=em.strings("args", ()))
@@ -313,4 +329,25 @@ def _parse(data: dict[str, Any], source: str, aliases: tuple[str, ...]) -> Targe
         tvm_target_json=json.dumps(tvm_t, sort_keys=True), toolchain=toolchain, emulator=emulator,
         code=code, ram=ram, image=image, stack_bytes=stack_bytes, heap_bytes=heap_bytes,
         clock_hz=clock, timer=timer, instructions_per_tick=ipt if timer == "systick" else None,
-        source=source, boot=boot, aliases=aliases, input=input_, uart=uart)
+        source=source, boot=boot, aliases=aliases, input=input_, uart=uart, npu=npu)
+
+
+_VELA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # Vela's configuration and section names
+
+
+def _npu(r: _Reader, source: str, kind: str) -> Npu | None:
+    t = r.table("npu", required=kind == "ethos-u")
+    if t is None:
+        return None
+    if kind != "ethos-u":
+        raise NfedgeError(f"target descriptor {source}: [npu] applies to ethos-u targets only")
+    if "tvm" in r.data or "toolchain" in r.data:
+        raise NfedgeError(f"target descriptor {source}: an ethos-u target takes no [tvm] or [toolchain] "
+                          "(Vela compiles it)")
+    npu = Npu(accelerator=t.get("accelerator", str), system_config=t.get("system_config", str),
+              memory_mode=t.get("memory_mode", str))
+    for key, v in dataclasses.asdict(npu).items():
+        if not _VELA_NAME.fullmatch(v):
+            raise NfedgeError(f"target descriptor {source}: npu.{key} {v!r} is not a plain name "
+                              "(letters, digits, '_', '-')")
+    return npu

@@ -1,7 +1,8 @@
 """An integer program as a TOSA 1.0 (PRO-INT) flatbuffer: the input of Arm's Ethos-U compiler (Vela) and of the TOSA
 reference model, the third oracle of the integer reference (nfedge.integer.tosa_reference; docs/NPU.md).
 
-    info = export_integer_tosa(TosaExportConfig(batch=1), prog, "m.tosa", (1, 32, 32), image=faulty, generator_program=g)
+    info = export_integer_tosa(TosaExportConfig(batch=1), prog, "m.tosa", (1, 32, 32), image=faulty,
+                               generator_program=g)
 
 The base model's weights are the given image's codes (clean or faulty), as CONST tensors: one file per image, as an
 NPU's weight stream is. A generator's are its int8 constants. With a generator, the graph computes F(x) and the base
@@ -24,7 +25,8 @@ entry is a one-line NfedgeError naming the layer. The mapping (docs/NPU.md has t
   int32 and the result equals floor((a*Ma + b*Mb + 2^(shift-1)) / 2^shift).
 - maxpool: MAX_POOL2D; global average pool: CAST to int32, REDUCE_SUM over H and W, RESCALE; a windowed one: the window
   sums by DEPTHWISE_CONV2D with a kernel of ones, RESCALE. pad: PAD (0); crop: SLICE; upsample: RESIZE nearest
-  (scale 2f/2, offset -f, border f-2: the floor of oy / f); concat: RESCALE each input, CONCAT on C.
+  (scale 2f/2, offset 1-f, border f-1: the floor of oy / f, the form Vela accepts); concat: RESCALE each input,
+  CONCAT on C.
 TOSA needs the output size of a strided window to divide exactly; the rows a floor division leaves out are never
 read, so the export trims them (a smaller bottom/right pad, or a SLICE).
 """
@@ -113,7 +115,8 @@ class _Graph:
         """saturate((x * M + 2^(shift-1)) >> shift) to dtype, M and shift per channel (last axis) or one."""
         m, s = np.atleast_1d(np.asarray(mult, np.int64)), np.atleast_1d(np.asarray(shift, np.int64))
         if m.min() < 0 or m.max() >= 2**31 or s.min() < 2 or s.max() > 62:
-            raise NfedgeError(f"TOSA export: a rescale multiplier or shift is out of range (M {m.max()}, shift {s.min()})")
+            raise NfedgeError(f"TOSA export: a rescale multiplier or shift is out of range (M {m.max()}, "
+                              f"shift {s.min()})")
         per_channel = m.size > 1
         ins = [x.name, self.const(m, D.INT32), self.const(s, D.INT8), self.zp(x.dtype), self.zp(dtype)]
         return self.op("RESCALE", ins, x.shape, dtype,
@@ -136,7 +139,8 @@ class _Graph:
         return self.op("TRANSPOSE", [x.name], [x.shape[i] for i in perm], x.dtype, lambda a: a.TransposeAttribute(perm))
 
     def slice(self, x: T, start, size) -> T:
-        return self.op("SLICE", [x.name, self.shape(start), self.shape(size)], size, x.dtype, lambda a: a.SliceAttribute())
+        ins = [x.name, self.shape(start), self.shape(size)]
+        return self.op("SLICE", ins, size, x.dtype, lambda a: a.SliceAttribute())
 
     def concat(self, parts: list[T], axis: int) -> T:
         shape = list(parts[0].shape)
@@ -278,7 +282,8 @@ def _avgpool(g: _Graph, op: Op, a: list[T], ctx: _Ctx) -> T:
         x, pads = _exact(g, x, (k, k), s, [0] * 4)
         ones, zp = g.const(np.ones((k, k, x.shape[3], 1)), D.INT8), g.zp(D.INT8)
         acc = g.op("DEPTHWISE_CONV2D", [x.name, ones, g.const(np.zeros(x.shape[3]), D.INT32), zp, zp],
-                   ctx.shapes[op.output], D.INT32, lambda at: at.DepthwiseConv2dAttribute(pads, [s, s], [1, 1], False, D.INT32))
+                   ctx.shapes[op.output], D.INT32,
+                   lambda at: at.DepthwiseConv2dAttribute(pads, [s, s], [1, 1], False, D.INT32))
     else:
         acc = g.cast32(x)
         for axis in (1, 2):
@@ -299,8 +304,8 @@ def _crop(g: _Graph, op: Op, a: list[T], ctx: _Ctx) -> T:
 
 
 def _upsample(g: _Graph, op: Op, a: list[T], ctx: _Ctx) -> T:
-    f = op.attrs["factor"]  # nearest rounds; sampling at oy*2 - f on a 2f grid picks floor(oy / f)
-    ins = [a[0].name, g.shape([2 * f, 2, 2 * f, 2]), g.shape([-f, -f]), g.shape([f - 2, f - 2])]
+    f = op.attrs["factor"]  # nearest rounds: sampling at 2*oy + 1 - f on a 2f grid picks floor(oy / f), never a tie
+    ins = [a[0].name, g.shape([2 * f, 2, 2 * f, 2]), g.shape([1 - f, 1 - f]), g.shape([f - 1, f - 1])]
     return g.op("RESIZE", ins, ctx.shapes[op.output], D.INT8, lambda at: at.ResizeAttribute(ts.ResizeMode.NEAREST))
 
 
@@ -340,8 +345,8 @@ def _shapes(prog: Program, x_shape: tuple[int, ...], codes: dict, batch: int) ->
 def _emit(g: _Graph, prog: Program, x: T, x_shape, codes: dict, batch: int, prefix: str) -> T:
     for op in prog.ops:  # before anything runs: the reference that gives the shapes may not know the kind either
         if op.kind not in EMITTERS:
-            raise NfedgeError(f"TOSA export: layer {prefix}{op.module or op.output} is a {op.kind!r} operator, which has "
-                              "no TOSA form here")
+            raise NfedgeError(f"TOSA export: layer {prefix}{op.module or op.output} is a {op.kind!r} operator, "
+                              "which has no TOSA form here")
     ctx = _Ctx(prog, codes, _shapes(prog, x_shape, codes, batch), prefix)
     t = {INPUT: x}
     for op in prog.ops:

@@ -91,8 +91,8 @@ def compare_tosa_with_reference(model: TosaModel, program: Program, x_q: np.ndar
     x_in = run_front(generator_program, x_q) if generator_program is not None else np.asarray(x_q, np.int64)
     ref = run_integer(program, x_in, image_codes(program, image))
     g, r = got["output"].reshape(len(ref), -1), ref.reshape(len(ref), -1)
-    row = {"images": len(ref), "outputs": float(np.mean(g == r)), "predictions": float(np.mean(g.argmax(1) == r.argmax(1))),
-           "max_diff": int(np.abs(g - r).max(initial=0))}
+    row = {"images": len(ref), "outputs": float(np.mean(g == r)),
+           "predictions": float(np.mean(g.argmax(1) == r.argmax(1))), "max_diff": int(np.abs(g - r).max(initial=0))}
     if "front" in got:
         row["front"] = float(np.mean(got["front"] == x_in))
     return row

@@ -196,4 +196,5 @@ def test_refusals_are_one_line_errors(cnn_s, tmp_path):
             call()
         assert "\n" not in str(e.value)
     assert not (tmp_path / "a.tosa").exists()
-    assert set(EMITTERS) >= {"conv", "linear", "add", "maxpool", "avgpool", "pad", "crop", "upsample", "concat", "flatten"}
+    kinds = {"conv", "linear", "add", "maxpool", "avgpool", "pad", "crop", "upsample", "concat", "flatten"}
+    assert set(EMITTERS) >= kinds

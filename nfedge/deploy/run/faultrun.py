@@ -94,6 +94,11 @@ def faultrun(bundle_dir: str | Path, test: tuple[torch.Tensor, torch.Tensor] | N
     """Run every (condition, chip) on target and host; returns the JSON-ready result (see module doc). Without
     `test`, the test images come from the data set the checkpoint records (its root replaced by `data_root`)."""
     bundle = load_bundle(bundle_dir)
+    if bundle.kind == "ethos-u":  # Vela's output runs on the NPU only, and no NPU or emulator of one exists here
+        raise NfedgeError(f"bundle {bundle.path} is for {bundle.target.name}, an Ethos-U NPU, and no Ethos-U emulator "
+                          "exists here (Corstone FVPs need an EULA download; QEMU has none): what checks it is the TOSA "
+                          "reference model against the integer reference (tests/integer/test_tosa.py) and Vela's report "
+                          "in the bundle (npu/*_summary.csv, manifest 'npu'); see docs/NPU.md")
     check_runnable(bundle, allow_emulator, trust_bundle_code)  # refuse before reading anything else of the bundle
     model, meta = load_checkpoint(bundle.path / "host" / "base.pt", allow_code=trust_bundle_code)
     gen_path = bundle.path / "host" / "generator.pt"
