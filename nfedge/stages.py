@@ -16,8 +16,10 @@ import torch
 
 from nfedge.analysis.energy import EnergyConfig, estimate_energy
 from nfedge.analysis.evaluate import EvaluateConfig, evaluate
-from nfedge.analysis.plan import PlanConfig, plan_markdown, plan_operating_points
+from nfedge.analysis.plan import PlanConfig, plan_operating_points
 from nfedge.analysis.plan_plot import plot_png
+from nfedge.analysis.plan_table import plan_markdown
+from nfedge.analysis.split import base_training_data, validation_split
 from nfedge.analysis.report import write_report
 from nfedge.config import StageConfig, require
 from nfedge.data import DataConfig, load_dataset
@@ -41,27 +43,42 @@ Inputs = dict[str, Any]  # stage name -> its directory, or {variant: directory} 
 class RunPlanConfig(StageConfig):
     """The plan stage: `nfedge plan` on the run's base model, its image and every generator (docs/PLANNER.md)."""
 
+    CONFIG_VERSION = 2  # 2: certified 95/95 (confidence), a validation split, more protections, fixed voltages
+
     enabled: bool = True
     floor_drop: float = 2.0  # the floor: the base model's clean accuracy minus this many points
-    quantile: float = 0.05  # the chip quantile that must meet it (0.05 of 20 chips: the worst)
-    chips: int = 20  # search chips 0..chips-1
-    confirm_chips: int = 20  # fresh chips re-measured at each voltage found
-    # Test images (a seeded subset; None: the whole set), sized for the main job's 20 minutes on 2 cores
-    # (README: the plan stage's measured time).
+    quantile: float = 0.05  # at least (1 - quantile) of chips must keep the floor ...
+    confidence: float = 0.95  # ... with this confidence: the worst of 59 chips (nfedge.analysis.certify)
+    chips: int = 59  # search chips 0..chips-1
+    confirm_chips: int = 59  # fresh chips: the acceptance test (0 of 59 below the floor) and the fixed voltages
+    # Test images (a seeded subset; None: the whole set) and validation images (held out of training, seeded by
+    # val_seed), sized for the main job on 2 cores (docs/PLANNER.md: the plan stage's measured time).
     test_limit: int | None = 1000
-    curve_step: float = 0.01  # the plot's voltage grid (V/Vmin)
+    val_images: int = 1000
+    val_seed: int = 0
+    curve_step: float = 0.02  # the plot's voltage grid (V/Vmin), over curve_chips search chips (not certified)
+    curve_chips: int = 10
     ecc: bool = True  # plan the base model behind SECDED (72,64) too
+    parity: bool = True
+    msb: tuple[int, ...] = (1, 2)
+    fewer_bits: tuple[int, ...] = (4,)
+    generator_msb: int = 2
+    voltages: tuple[float, ...] = (0.875,)  # fixed voltages: every option's certified accuracy there
 
     def validate(self) -> None:
         require(self.test_limit is None or (isinstance(self.test_limit, int) and self.test_limit >= 1),
                 f"plan.test_limit must be a number of test images >= 1 or null, got {self.test_limit!r}")
-        self.planner()  # PlanConfig's checks (chips >= 5, quantile in (0, 1), ...)
+        require(isinstance(self.val_images, int) and self.val_images >= 1,
+                f"plan.val_images must be a number of validation images >= 1, got {self.val_images!r}")
+        self.planner()  # PlanConfig's checks (quantile and confidence in (0, 1), enough chips, ...)
 
     def planner(self, base: str = "cnn-s", classes: int = 10, fault: str = "flip",
                 calibration: str = DEFAULT_CALIBRATION) -> PlanConfig:
         return PlanConfig(base=base, classes=classes, floor_drop=self.floor_drop, quantile=self.quantile,
-                          chips=self.chips, confirm_chips=self.confirm_chips, fault=fault, calibration=calibration,
-                          ecc=self.ecc, curve=True, curve_step=self.curve_step)
+                          confidence=self.confidence, chips=self.chips, confirm_chips=self.confirm_chips, fault=fault,
+                          calibration=calibration, ecc=self.ecc, parity=self.parity, msb=self.msb,
+                          fewer_bits=self.fewer_bits, generator_msb=self.generator_msb, voltages=self.voltages,
+                          curve=True, curve_step=self.curve_step, curve_chips=min(self.curve_chips, self.chips))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,10 +161,15 @@ def plan_stage(c: PlanStageConfig, inputs: Inputs, d: Path, progress: Progress) 
     gens = {g: (g, load_generator(p / "generator.pt")[0]) for g, p in inputs["gen"].items()}
     pcfg = c.plan.planner(base=_energy_base(inputs, meta), classes=int(meta["num_classes"]), fault=c.fault,
                           calibration=c.calibration)
+    # the run's generators train on the base checkpoint's data set (train_generator_stage): one subset to avoid. An
+    # adopted checkpoint's training images are unknown: the search then runs on the test images (recorded as such)
+    trained = base_training_data(meta)
+    val, split = validation_split(data, [trained], c.plan.val_images, c.plan.val_seed) if trained else (None, None)
     r = plan_operating_points(model, image, test_tensors(data, c.plan.test_limit), pcfg, generators=gens,
-                              progress=progress)
+                              progress=progress, validation=val, split_record=split)
     r["inputs"] = {"base": str(inputs["base"] / "base.pt"), "image": str(inputs["image"] / "image"),
-                   "generators": {g: str(p / "generator.pt") for g, p in inputs["gen"].items()}}
+                   "generators": {g: str(p / "generator.pt") for g, p in inputs["gen"].items()},
+                   "data": dataclasses.replace(data, test_limit=c.plan.test_limit).to_dict()}
     # the three files or none: a stage that fails (a full disk) leaves an empty folder, which run_stage removes
     atomic_write_files({d / "plan.json": json_bytes(r), d / "plan.md": (plan_markdown(r) + "\n").encode(),
                         d / "plan.png": plot_png(r)})

@@ -10,7 +10,7 @@ N=".venv/bin/nfedge"
 $N train-base --model cnn-xs --epochs 1 --train-limit 3000 --test-limit 500 --seed 0 --out "$W/base"
 $N quantize --checkpoint "$W/base/base.pt" --bits 8 --out "$W/img"
 $N train --base "$W/base/base.pt" --image "$W/img" --generator ConvT --max-steps 20 --n-perturbed 4 --batch-size 32 --out "$W/gen"
-$N build --target arm-cortex --bits 8 --base "$W/base/base.pt" --image "$W/img" --generator "$W/gen/generator.pt" --out "$W/bundle"
+$N build --target arm-cortex --bits 8 --mode weight-only --base "$W/base/base.pt" --image "$W/img" --generator "$W/gen/generator.pt" --out "$W/bundle"
 $N faultrun --bundle "$W/bundle" --voltage 0.875 --voltage 0.833 --chips 3 --samples 16 --min-agreement 0.99
 $N build --target arm-cortex --bits 8 --mode integer --calib-images 256 --base "$W/base/base.pt" --image "$W/img" \
   --generator "$W/gen/generator.pt" --out "$W/bundle-int"

@@ -56,7 +56,7 @@ def run_nfedge(*args) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="session")
 def fr_bundle(tmp_path_factory):
-    """A cnn-xs base (6-bit image), a tiny ConvT generator and their arm-cortex bundle, built through the CLI
+    """A cnn-xs base (6-bit image), a tiny ConvT generator and their weight-only arm-cortex bundle, built by the CLI
     once per test session: <dir>/base/base.pt, <dir>/img, <dir>/gen/generator.pt, <dir>/bundle."""
     d = tmp_path_factory.mktemp("fr")
     r = run_nfedge("train-base", "--model", "cnn-xs", "--epochs", 1, "--train-limit", 2000, "--test-limit", 200,
@@ -66,7 +66,8 @@ def fr_bundle(tmp_path_factory):
     r = run_nfedge("train", "--base", d / "base" / "base.pt", "--image", d / "img", "--generator", "ConvT", "--max-steps", 2,
                    "--n-perturbed", 2, "--batch-size", 8, "--out", d / "gen")
     assert r.returncode == 0, r.stderr[-2000:]
-    r = run_nfedge("build", "--target", "arm-cortex", "--bits", 6, "--base", d / "base" / "base.pt", "--image", d / "img",
-                   "--generator", d / "gen" / "generator.pt", "--out", d / "bundle")
+    r = run_nfedge("build", "--target", "arm-cortex", "--bits", 6, "--mode", "weight-only", "--base",
+                   d / "base" / "base.pt", "--image", d / "img", "--generator", d / "gen" / "generator.pt",
+                   "--out", d / "bundle")
     assert r.returncode == 0, r.stderr[-2000:]
     return d

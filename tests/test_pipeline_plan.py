@@ -14,7 +14,8 @@ from nfedge.progress import QUIET
 TINY = {"base": {"model": "cnn-xs", "epochs": 1, "data": {"train_limit": 600, "test_limit": 200}},
         "generators": ["ConvT", "UIP"], "eopm": {"max_steps": 2, "n_perturbed": 2, "batch_size": 16}, "chips": 5,
         "voltages": [1.0, 0.917, 0.875], "eval_limit": 120, "target": "none",
-        "plan": {"chips": 5, "confirm_chips": 2, "test_limit": 120, "curve_step": 0.05}}
+        "plan": {"chips": 5, "confirm_chips": 5, "quantile": 0.2, "confidence": 0.6, "test_limit": 120,
+                 "val_images": 100, "curve_step": 0.05, "msb": [2], "voltages": [0.875]}}
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,12 @@ def test_plan_stage_writes_json_table_and_plot_before_the_sweep(run):
     (plan_dir,) = out.glob("plan-*")
     plan = json.loads((plan_dir / "plan.json").read_text())
     assert plan["format"] == "nfedge-plan" and plan["samples"] == 120 and plan["config"]["chips"] == 5
-    assert [o["option"] for o in plan["options"]] == ["base", "base+ECC", "ConvT", "UIP"]
+    assert [o["option"] for o in plan["options"]] == ["base", "base+ECC", "base+parity", "base+MSB2", "base 4-bit",
+                                                       "base 4-bit@nominal", "ConvT", "UIP", "ConvT+MSB2", "UIP+MSB2"]
+    # searched on 100 training images the base model (600 of them) did not train on, certified on the test images
+    split = plan["images"]["validation"]
+    assert plan["images"]["search_split"] == "validation" and split["images"] == 100 and split["disjoint_from_training"]
+    assert split["trained_on"] == [{"train_limit": 600, "seed": 0}] and plan["fixed_voltages"][0]["voltage"] == 0.875
     assert plan["floor"] == pytest.approx(plan["clean"]["CA"] - 2.0) and plan["curve"] is not None
     assert (plan_dir / "plan.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     host = json.loads(next(out.glob("evaluate-*/evaluate.json")).read_text())
@@ -47,6 +53,12 @@ def test_report_leads_with_the_plan(run):
     md = (out / "report" / "REPORT.md").read_text()
     assert table in md and md.index("## Operating points") < md.index(table) < md.index("## Accuracy against voltage")
     assert md.index("(plan.png)") < md.index("(accuracy_vs_voltage.png)")
+    head = md[md.index("## Operating points"):md.index(table)] + table.split("\n")[0]
+    assert "Certified answer" in head or "No option is certified" in head  # the report leads with the certificate
+    plan = json.loads((plan_dir / "plan.json").read_text())
+    s = plan["searched_winner"]
+    if s and s != plan["winner"]:  # a headline the fresh chips refute never stands without "not certified"
+        assert f"The search's best, {s}" in md and "**not certified**" in md
     assert (out / "report" / "plan.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads((out / "report" / "report_data.json").read_text())
     assert data["plan"] == json.loads((plan_dir / "plan.json").read_text())
@@ -73,8 +85,10 @@ def test_plan_key_follows_its_config_and_can_be_turned_off(run):
     assert "## Operating points" not in md and not (out / "report" / "plan.png").exists()
 
 
-@pytest.mark.parametrize("plan, match", [({"chips": 3}, "chips must be an integer >= 5"), ({"quantile": 1.5}, "quantile"),
-                                         ({"floor_drop": -1.0}, "floor_drop"), ({"test_limit": 0}, "plan.test_limit")])
+@pytest.mark.parametrize("plan, match", [({"chips": 3}, "3 chips cannot certify .* at least 59"),
+                                         ({"quantile": 1.5}, "quantile"), ({"confidence": 1.0}, "confidence"),
+                                         ({"floor_drop": -1.0}, "floor_drop"), ({"test_limit": 0}, "plan.test_limit"),
+                                         ({"val_images": 0}, "plan.val_images")])
 def test_bad_plan_config(plan, match):
     with pytest.raises(NfedgeError, match=match):
         RunPlanConfig(**plan)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nfedge.analysis.scoring import scoring_copy
+from nfedge.analysis.scoring import fast_scoring_copy, scoring_copy
 from nfedge.config import require
 from nfedge.errors import NfedgeError
 from nfedge.integer import MODES
@@ -75,41 +75,57 @@ class ImageScorer:
     """Accuracy (percent) of the base model reading one image, alone and behind each generator, in the
     configured arithmetic. Inputs are prepared once: F(x) does not depend on the chip (G runs at nominal
     voltage). Images are scored once per distinct content (sha256): at a high voltage most chips have no
-    faulty cell, and every one of them is the clean image. Weight-only scoring runs scoring_copy(model)
-    (nfedge.analysis.scoring: the same logits, faster max-pools)."""
+    faulty cell, and every one of them is the clean image. Weight-only scoring runs fast_scoring_copy(model)
+    (nfedge.analysis.scoring: the same logits bit for bit, faster max-pools, one-channel convs and pooled BatchNorms),
+    checked against scoring_copy(model) on the first batch of every input set at construction: a platform whose
+    kernels sum in another order falls back to scoring_copy. Passes run under torch.inference_mode (no autograd
+    bookkeeping: the same values)."""
 
     def __init__(self, model: nn.Module, test: tuple[torch.Tensor, torch.Tensor], generators: dict[str, nn.Module],
                  batch_size: int, programs: dict[str, Any] | None = None) -> None:
         self.model, self.batch_size, self.programs = model.eval(), batch_size, programs
-        self.fast = scoring_copy(model) if programs is None else None
+        self.fast: nn.Module | None = None
         x, self.y = test
         for g in generators.values():
             g.eval()
         if programs is None:  # weight-only: float32 layers on the image's dequantized codes
             self.inputs = {None: x, **{n: transform_inputs(g, x, batch_size) for n, g in generators.items()}}
+            self.fast = _checked_fast_copy(model, list(self.inputs.values()), batch_size)
         else:  # integer mode: the exact integer reference, inputs quantized once
             missing = sorted(set(generators) - set(programs))
             if "base" not in programs or missing:
                 raise NfedgeError(f"integer mode: no calibrated integer program for {missing or ['the base model']}")
             x_q = quantize_to_int8(x.numpy(), INPUT_SCALE)
             self.inputs = {None: x_q, **{n: run_front(programs[n], x_q) for n in generators}}
-        self._cache: dict[tuple[str, str | None], float] = {}
+        # (image content, its bits, inputs): a requantized image's codes mean other weights than the same bytes at b
+        self._cache: dict[tuple[str, int, str | None], float] = {}
 
     def __len__(self) -> int:
         """How many (image content, inputs) pairs were scored: each one forward pass over the test set."""
         return len(self._cache)
 
     def accuracy(self, image: WeightImage, name: str | None) -> float:
-        key = (image.manifest.image_sha256, name)
+        key = (image.manifest.image_sha256, image.manifest.bits, name)
         if key not in self._cache:
             if self.programs is None:
-                pred = predict(self.fast, image.dequantized_weights(), self.inputs[name], batch_size=self.batch_size)
+                with torch.inference_mode():
+                    pred = predict(self.fast, image.dequantized_weights(), self.inputs[name], batch_size=self.batch_size)
                 self._cache[key] = 100.0 * float((pred == self.y).float().mean())
             else:
                 base = self.programs["base"]
                 pred = torch.from_numpy(run_integer(base, self.inputs[name], image_codes(base, image)).argmax(1))
                 self._cache[key] = 100.0 * float((pred == self.y).float().mean())
         return self._cache[key]
+
+
+@torch.no_grad()
+def _checked_fast_copy(model: nn.Module, inputs: list[torch.Tensor], batch_size: int) -> nn.Module:
+    """fast_scoring_copy(model) if its logits equal scoring_copy(model)'s bit for bit on the first batch of every
+    input set (the model's own weights: the kernels' order of summation does not depend on the values), else
+    scoring_copy(model)."""
+    fast, plain = fast_scoring_copy(model), scoring_copy(model)
+    same = all(torch.equal(fast(x[:batch_size]), plain(x[:batch_size])) for x in inputs if len(x))
+    return fast if same else plain
 
 
 def evaluate(model: nn.Module, image: WeightImage, test: tuple[torch.Tensor, torch.Tensor], cfg: EvaluateConfig,

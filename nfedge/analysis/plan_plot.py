@@ -34,12 +34,13 @@ def plot_png(result: dict[str, Any]) -> bytes:
         ax.axvline(result["floor"], color="grey", linestyle=":", linewidth=1)
         ax.axhline(0, color="black", linewidth=0.5)
         ax.invert_xaxis()  # the floor relaxes to the right
-        ax.set_xlabel(f"accuracy floor at the {result['config']['quantile']} chip quantile (%)")
+        ax.set_xlabel(f"accuracy floor at the rank-{curve['rank']} of {curve['chips']} search chips (%)")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("achievable energy saving (%)")
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"CA {result['clean']['CA']:.2f}%, {result['config']['chips']} chips, fault {result['config']['fault']}, "
+    fig.suptitle(f"CA {result['clean']['CA']:.2f}%, illustration over {curve['chips']} search chips (not certified), "
+                 f"fault {result['config']['fault']}, "
                  f"grid {curve['grid_step']} V/Vmin (dotted: the plan's floor)", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()

@@ -23,7 +23,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from nfedge.analysis.energy import energy_saving, mac_energy_saving  # noqa: E402
-from nfedge.analysis.plan import plan_markdown
+from nfedge.analysis.plan_table import plan_markdown
 from nfedge.analysis.plan_plot import write_plot
 from nfedge.fileio import atomic_dir, atomic_write_json, atomic_write_text  # noqa: E402
 from nfedge.sram.calibration import load_calibration  # noqa: E402
@@ -179,18 +179,24 @@ def write_report(host: dict[str, Any], target: dict[str, Any] | None, out_dir: s
 
 
 def _plan_section(plan: dict[str, Any] | None) -> list[str]:
-    """The planner's answer, the report's first table: per option the lowest voltage meeting the floor and its saving."""
+    """The planner's answer, the report's first section: the certified answer first (plan_table.headline), then per
+    option the lowest voltage meeting the floor, its certificate and saving, then the fixed-voltage rankings."""
     if not plan:
         return []
-    cfg = plan["config"]
-    lines = ["## Operating points: how low the weight SRAM can go at the accuracy floor\n",
-             (f"`nfedge plan` (docs/PLANNER.md): for each option, the lowest voltage at which the {cfg['quantile']} "
-              f"chip quantile of {cfg['chips']} chips keeps the floor, found by bisection on the interpolated voltage "
-              "axis, and the net weight-memory energy saving there against the unprotected model at nominal voltage "
-              "(Eq. 6; MAC-based Eq. 7). The last column re-measures each voltage on fresh chips.\n"),
+    cfg, c = plan["config"], plan["certification"]
+    lines = ["## Operating points: how low the weight SRAM can go at the accuracy floor, certified\n",
+             (f"`nfedge plan` (docs/PLANNER.md) answers two questions. Lowest voltage at the floor: for each option, the "
+              f"voltage is searched on {plan['images']['search_split']} images with {cfg['chips']} search chips, then "
+              f"certified on the test images with {cfg['confirm_chips']} fresh chips: at least "
+              f"{1 - cfg['quantile']:.0%} of chips keep the floor with confidence {cfg['confidence']} when at most "
+              f"{c['failures_allowed']} fresh chips miss it. Net weight-memory energy saving against the unprotected "
+              "model at nominal voltage (Eq. 6; MAC-based Eq. 7)."
+              + (" Best protection at a given voltage: the tables at the end rank every option by its certified "
+                 "accuracy there." if plan.get("fixed_voltages") else "") + "\n"),
              plan_markdown(plan), ""]
     if plan.get("curve"):
-        lines.append("![achievable energy saving against the accuracy floor](plan.png)\n")
+        lines.append(f"![achievable energy saving against the accuracy floor (illustration over "
+                     f"{plan['curve']['chips']} search chips, not certified)](plan.png)\n")
     return lines
 
 

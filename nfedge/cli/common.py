@@ -113,7 +113,17 @@ def condition_cells(cond: dict) -> str:
     return f"{v} | {'-' if cond['ber'] is None else format(cond['ber'], '.4g')}"
 
 
+_MODE_HELP = ("weight-only: float layers on the image's codes (the paper); integer: int8 activations, int32 "
+              "accumulators, fixed-point rescaling (docs/INTEGER.md)")
+
+
 def mode_option(fn):
     return click.option("--mode", default="weight-only", show_default=True, type=click.Choice(list(MODES)),
-                        help="weight-only: float layers on the image's codes (the paper); integer: int8 activations, "
-                        "int32 accumulators, fixed-point rescaling (docs/INTEGER.md)")(fn)
+                        help=_MODE_HELP)(fn)
+
+
+def build_mode_option(fn):
+    """`nfedge build`'s --mode: no default of its own, the target's (nfedge.deploy.compile.build.default_mode)."""
+    return click.option("--mode", default=None, type=click.Choice(list(MODES)),
+                        help=_MODE_HELP + ". Default: integer for the bare-metal Cortex-M targets (arm-cortex, "
+                        "cortex-m55, cortex-m4) and Ethos-U, weight-only for cortex-a72 and host")(fn)

@@ -8,13 +8,13 @@ import click
 
 from nfedge.cli.common import (
     ConfigDefault,
+    build_mode_option,
     calibration_option,
     cli,
     condition_cells,
     default_chips,
     emit,
     load_bases,
-    mode_option,
 )
 from nfedge.errors import NfedgeError
 
@@ -40,7 +40,7 @@ def _faultrun(field: str) -> ConfigDefault:
 @click.option("--image", "image_dir", required=True, help="its clean memory image")
 @click.option("--generator", "generator_path", help="generator checkpoint (omit: base model alone)")
 @click.option("--tuning-db", type=click.Path(file_okay=False), help="host target: schedules from `nfedge tune --db`")
-@mode_option
+@build_mode_option
 @click.option("--calib-images", default=_build("calib_images"), show_default=True, type=int,
               help="integer mode: seeded training images that calibrate the integer programs")
 @click.option("--emit", "emit", type=click.Choice(["library"]), multiple=True,

@@ -18,7 +18,7 @@ from nfedge.models.tiny import keras_pool_window, keras_same_pad
 
 SUPPORTED = ("Conv2d (any groups: depthwise, grouped) and ConvTranspose2d (groups=1), no dilation; Linear; "
              "BatchNorm2d directly after a conv; ReLU, ReLU6/Hardtanh/clamp and the tables Tanh, Sigmoid, SiLU, "
-             "Hardswish, Hardsigmoid, GELU directly after a conv or linear (ReLU and clamps also after an add); the "
+             "Hardswish, Hardsigmoid, GELU directly after a conv, linear or add; the "
              "add of two tensors (residual); Identity and Dropout; MaxPool2d (any stride and padding); AvgPool2d "
              "without padding; AdaptiveAvgPool2d(1) or mean over H,W; zero padding (F.pad, Keras 'same'); nearest "
              "Upsample by an integer factor; torch.cat on channels; flatten (or view/reshape to (batch, -1))")

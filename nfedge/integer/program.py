@@ -26,6 +26,7 @@ from torch import nn
 from nfedge.errors import NfedgeError
 from nfedge.integer.layers import GUARDS, SIZE, SUPPORTED, Refused, arg, function_op, layer_of, module_op
 from nfedge.integer.tables import TABLES
+from nfedge.models.tiny import keras_same_padding
 
 ACTIVATIONS = ("none", "relu", "clamp", *TABLES)  # clamp: attrs["clamp"] = [lo, hi] (real; None: open); else a table
 INPUT = "input"
@@ -67,8 +68,6 @@ def pad_amounts(op: Op, in_shape: tuple[int, ...]) -> list[int]:
     padding='same' for the conv behind it (attrs["same"] = [kH, kW, sH, sW]), which depends on H and W."""
     if "pads" in op.attrs:
         return [int(v) for v in op.attrs["pads"]]
-    from nfedge.models.tiny import keras_same_padding
-
     kh, kw, sh, sw = op.attrs["same"]
     return [*keras_same_padding(in_shape[3], kw, sw), *keras_same_padding(in_shape[2], kh, sh)]
 

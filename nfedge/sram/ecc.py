@@ -122,10 +122,11 @@ def _or_by_word(word: np.ndarray, vals: np.ndarray, size: int, dtype: type) -> n
     return mask
 
 
-def _cell_masks(runs: list[np.ndarray], words: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-word uint64 data and uint8 check masks of the cells in `runs` (repeats are OR-ed, as in faults.py)."""
+def _cell_masks(runs: list[np.ndarray], words: int, word_bits: int = WORD_BITS) -> tuple[np.ndarray, np.ndarray]:
+    """Per-word uint64 data and uint8 check masks of the cells in `runs` (repeats are OR-ed, as in faults.py), word w
+    in cells word_bits w .. word_bits w + word_bits - 1 (data bits first; nfedge.sram.protect's parity words: 65)."""
     cells = np.unique(np.concatenate(runs)) if runs else np.zeros(0, dtype=np.int64)
-    word, pos = np.divmod(cells, WORD_BITS)
+    word, pos = np.divmod(cells, word_bits)
     d, c = pos < DATA_BITS, pos >= DATA_BITS
     dmask = _or_by_word(word[d], np.left_shift(np.uint64(1), pos[d].astype(np.uint64)), words, np.uint64)
     cmask = _or_by_word(word[c], np.left_shift(np.uint8(1), (pos[c] - DATA_BITS).astype(np.uint8)), words, np.uint8)

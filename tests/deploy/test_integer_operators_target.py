@@ -79,3 +79,17 @@ def test_one_flipped_bit_changes_target_and_host_alike(models, tmp_path):
         assert np.array_equal(out, _host_integers(programs, image, x_q)[0])
         outs.append(out)
     assert not np.array_equal(*outs)
+
+
+def test_the_paper_s_resnet18_is_bit_exact_on_cortex_a72(tmp_path):
+    """The paper's CIFAR ResNet18 (11 MB image: too large for the M55) in integer mode on the Linux target."""
+    r = run_nfedge("train-base", "--model", "resnet18", "--epochs", 1, "--train-limit", 64, "--test-limit", 32,
+                   "--out", tmp_path / "base")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert run_nfedge("quantize", "--checkpoint", tmp_path / "base" / "base.pt", "--bits", 8,
+                      "--out", tmp_path / "img").returncode == 0
+    bundle = build_bundle(BuildConfig(target="cortex-a72", bits=8, mode="integer", calib_images=32),
+                          tmp_path / "base" / "base.pt", tmp_path / "img", None, tmp_path / "bundle", QUIET)
+    assert bundle.mode == "integer"
+    r = faultrun(bundle.path, None, FaultrunConfig(voltages=(0.875,), chips=1, samples=2, jobs=1), QUIET)
+    assert r["agreement"]["identical_outputs"] == 1.0 and r["agreement"]["passed"], r["agreement"]

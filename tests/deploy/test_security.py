@@ -409,7 +409,8 @@ def built(tmp_path_factory):
     desc.write_text(Path(load_target("cortex-m55").source).read_text().replace('name = "cortex-m55"', 'name = "my-board"'))
     m = cnn_xs_with_bn_stats(0)
     image = build_image(m, 8)
-    b = build_for_target(BuildConfig(target=str(desc), bits=8, input_shape=(1, 32, 32)), m, image, None, d / "bundle")
+    b = build_for_target(BuildConfig(mode="weight-only", target=str(desc), bits=8, input_shape=(1, 32, 32)),
+                         m, image, None, d / "bundle")
     return b, image, desc
 
 

@@ -103,12 +103,15 @@ def test_generator_front_stays_in_range_and_matches_its_float_twin(name):
 
 
 def test_unsupported_layers_are_one_line_errors():
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.GELU())
-    with pytest.raises(NfedgeError, match="GELU"):
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.GELU(approximate="tanh"))
+    with pytest.raises(NfedgeError, match=r"GELU\(approximate='tanh'\): only the exact GELU"):
         trace_program(model, False)
-    grouped = torch.nn.Sequential(torch.nn.Conv2d(2, 2, 3, groups=2))
-    with pytest.raises(NfedgeError, match="grouped"):
-        trace_program(grouped, False)
+    dilated = torch.nn.Sequential(torch.nn.Conv2d(2, 2, 3, dilation=2))
+    with pytest.raises(NfedgeError, match="dilated"):
+        trace_program(dilated, False)
+    grouped_t = torch.nn.Sequential(torch.nn.ConvTranspose2d(2, 2, 3, groups=2))
+    with pytest.raises(NfedgeError, match="grouped transposed"):
+        trace_program(grouped_t, False)
 
 
 def test_a_base_program_needs_its_image():

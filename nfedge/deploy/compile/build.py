@@ -50,6 +50,7 @@ from nfedge.deploy.compile.link import link_firmware
 from nfedge.deploy.compile.lower import SCHEDULES, relax_graphs
 from nfedge.deploy.compile.toolchain import which_tool
 from nfedge.deploy.compile.tuning_db import load_tuning_db
+from nfedge.deploy.compile.vela import VelaConfig, build_npu_files
 from nfedge.deploy.guest_io import INPUT_HEADER_BYTES, MAX_RECORD_PAYLOAD, sample_payload_bytes
 from nfedge.deploy.targets import TargetDescriptor, descriptor_text, parse_target
 from nfedge.errors import NfedgeError
@@ -83,13 +84,15 @@ class BuildConfig(StageConfig):
     workspace_bytes: int = 0  # operator scratch pool; 0 = the bound computed from the operators
     timeout_s: float = 600.0  # per toolchain command
     tuning_db: str | None = None  # MetaSchedule database directory written by `nfedge tune` (host target only)
-    mode: str = "weight-only"  # weight-only: float layers on the image's codes; integer: docs/INTEGER.md
+    # integer: int8 programs (docs/INTEGER.md); weight-only: float layers on the image's codes (the paper's mode);
+    # None: the target's default (default_mode: integer on the bare-metal Cortex-M targets and the NPUs)
+    mode: str | None = None
     calib_images: int = CALIBRATION_IMAGES  # integer mode: seeded training images that calibrate (calibrate_for_build)
     # bare metal: also build the kernels for both float ABIs (library/), which `nfedge export` ships to a user's firmware
     emit_library: bool = False
 
     def validate(self) -> None:
-        require(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        require(self.mode is None or self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         require(isinstance(self.calib_images, int) and self.calib_images >= 1, "calib_images must be >= 1")
         require(isinstance(self.target, str) and self.target != "", "target must be a non-empty name or path")
         if self.bits is not None:
@@ -129,6 +132,20 @@ def check_build_inputs(cfg: BuildConfig, base_model: nn.Module, image: WeightIma
     return int(y.shape[1])
 
 
+def default_mode(target: TargetDescriptor) -> str:
+    """What a build for `target` deploys unless told otherwise: what an int8 accelerator runs (integer mode) on the
+    bare-metal Cortex-M targets and the Ethos-U NPUs; the paper's weight-only mode on Linux and host targets."""
+    return "integer" if target.is_bare_metal or target.kind == "ethos-u" else "weight-only"
+
+
+def with_mode(cfg: BuildConfig) -> BuildConfig:
+    """cfg with its mode resolved (BuildConfig.mode None: the target's default_mode)."""
+    if cfg.mode is not None:
+        return cfg
+    text, source, aliases = descriptor_text(cfg.target)
+    return dataclasses.replace(cfg, mode=default_mode(parse_target(text, source, aliases)))
+
+
 def build_for_target(cfg: BuildConfig, base_model: nn.Module, image: WeightImage, generator: nn.Module | None,
                      out_dir: str | Path, progress: Progress = QUIET, programs: dict[str, Program] | None = None,
                      extra_files: dict[str, Path] | None = None) -> Bundle:
@@ -142,8 +159,11 @@ def build_for_target(cfg: BuildConfig, base_model: nn.Module, image: WeightImage
     # The bundle keeps this exact text as its own target.toml: running it never reads another descriptor.
     target_text, target_source, aliases = descriptor_text(cfg.target)
     target = parse_target(target_text, target_source, aliases)
+    cfg = dataclasses.replace(cfg, mode=cfg.mode or default_mode(target))
     num_classes = check_build_inputs(cfg, base_model, image, generator)
-    integer = cfg.mode == "integer"
+    integer, npu = cfg.mode == "integer", target.kind == "ethos-u"
+    if npu and not integer:
+        raise NfedgeError(f"target {target.name} is an Ethos-U NPU, which runs integer programs only: build with --mode integer")
     if integer:
         check_programs(programs, image, generator is not None)
     _check_fits(cfg, target, image, num_classes, generator is not None)
@@ -153,19 +173,24 @@ def build_for_target(cfg: BuildConfig, base_model: nn.Module, image: WeightImage
             raise NfedgeError(f"a tuning database applies to the host target only, not to {target.name} ({target.kind})")
         tuning = load_tuning_db(cfg.tuning_db, target)
 
-    progress.info(f"build: importing the base model{' and generator' if generator is not None else ''} into TVM Relax")
-    tvm_target = target.tvm_target()
-    relax_mods = (integer_relax_graphs(programs["base"], cfg.input_shape, image, programs.get("generator"),
-                                       isa=isa_of_target(tvm_target)) if integer
-                  else relax_graphs(cfg.input_shape, base_model, image, generator))
+    if not npu:  # an Ethos-U target: Vela compiles the TOSA of the integer programs (nfedge.deploy.compile.vela)
+        progress.info(f"build: importing the base model{' and generator' if generator is not None else ''} into TVM Relax")
+        tvm_target = target.tvm_target()
+        relax_mods = (integer_relax_graphs(programs["base"], cfg.input_shape, image, programs.get("generator"),
+                                           isa=isa_of_target(tvm_target)) if integer
+                      else relax_graphs(cfg.input_shape, base_model, image, generator))
 
     out_dir = Path(out_dir)
     log: list[str] = []
     with atomic_dir(out_dir) as tmp:
-        (tmp / "relax").mkdir()
-        if target.kind == "host":
+        if npu:
+            entry, sizes, extra = build_npu_files(VelaConfig(timeout_s=cfg.timeout_s), target, programs, image,
+                                                  cfg.input_shape, tmp, progress)
+        elif target.kind == "host":
+            (tmp / "relax").mkdir()
             entry, sizes, extra = build_host_libraries(cfg, target, tvm_target, relax_mods, tmp, log, progress, tuning)
         else:
+            (tmp / "relax").mkdir()
             entry, sizes, extra = link_firmware(cfg, target, tvm_target, relax_mods, tmp, int(image.manifest.total_bytes),
                                                 input_shape=cfg.input_shape, num_classes=num_classes, log=log,
                                                 progress=progress)
@@ -203,7 +228,8 @@ def _check_fits(cfg: BuildConfig, target: TargetDescriptor, image: WeightImage, 
         raise NfedgeError(f"the model does not fit target {target.name}: one input sample is {sample_bytes} bytes but "
                           f"its input region {target.input.name} holds {target.input.length} (with a "
                           f"{INPUT_HEADER_BYTES}-byte header)")
-    which_tool(target.toolchain.cc, target, "compiler")
+    if target.kind != "ethos-u":  # Vela, not a C toolchain
+        which_tool(target.toolchain.cc, target, "compiler")
     if target.kind in ("bare-metal", "linux"):
         which_tool(target.toolchain.size, target, "size tool")
 
@@ -240,6 +266,10 @@ def _versions(target: TargetDescriptor) -> dict[str, str]:
 
     v = {"nfedge": __version__, "tvm": getattr(tvm, "__version__", "?"), "torch": torch.__version__,
          "python": platform.python_version()}
+    if target.kind == "ethos-u":
+        from importlib.metadata import version
+
+        return v | {"ethos-u-vela": version("ethos-u-vela"), "tosa-tools": version("tosa-tools")}
     try:
         r = subprocess.run([target.toolchain.cc, "--version"], capture_output=True, text=True, timeout=30)
         v["cc"] = r.stdout.splitlines()[0] if r.stdout else "?"
@@ -252,7 +282,8 @@ def check_programs(programs: dict[str, Program] | None, image: WeightImage, has_
     """Integer mode: calibrated programs for the base (and the generator), the base's for THIS image's scales."""
     want = {"base", "generator"} if has_generator else {"base"}
     if programs is None or set(programs) != want or not all(p.calibrated for p in programs.values()):
-        raise NfedgeError(f"integer mode: the build needs calibrated integer programs for {', '.join(sorted(want))}")
+        raise NfedgeError(f"integer mode: the build needs calibrated integer programs for {', '.join(sorted(want))} "
+                          "(calibrate_for_build), or mode='weight-only'")
     entries = {t.name: t for t in image.manifest.tensors}
     for key, scales in programs["base"].weight_scales.items():
         t = entries.get(key)
@@ -283,7 +314,7 @@ def build_bundle(cfg: BuildConfig, base_checkpoint: str | Path, image_dir: str |
     if cfg.input_shape is not None and tuple(cfg.input_shape) != shape:
         raise NfedgeError(f"build config asks for input shape {tuple(cfg.input_shape)} but checkpoint {base_checkpoint} "
                           f"takes {shape}; leave input_shape unset")
-    cfg = dataclasses.replace(cfg, input_shape=shape)
+    cfg = with_mode(dataclasses.replace(cfg, input_shape=shape))
     programs = (calibrate_for_build(cfg, model, image, gen, meta, Path(base_checkpoint), progress)
                 if cfg.mode == "integer" else None)
     extra = {"host/base.pt": Path(base_checkpoint)}

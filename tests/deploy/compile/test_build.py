@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_nfedge
 from torch import nn
 
 from nfedge.deploy.compile.build import BuildConfig, build_bundle, build_for_target
@@ -34,6 +35,8 @@ def test_builtin_targets_load_and_validate():
         assert n in names
     for n in names:
         t = load_target(n)
+        if t.kind == "ethos-u":  # an NPU: Vela compiles its TOSA, not TVM (tests/deploy/compile/test_vela.py)
+            continue
         assert t.tvm_target_dict["kind"] == "llvm"
         t.tvm_target()  # TVM accepts the dict
     m55 = load_target("cortex-m55")
@@ -104,14 +107,15 @@ def test_build_config_validation():
 def test_bits_mismatch_is_rejected(tmp_path):
     m = _model()
     with pytest.raises(NfedgeError, match="4-bit weights but the image holds 8-bit"):
-        build_for_target(BuildConfig(target="cortex-m55", bits=4), m, build_image(m, 8), None, tmp_path / "b")
+        build_for_target(BuildConfig(mode="weight-only", target="cortex-m55", bits=4),
+                         m, build_image(m, 8), None, tmp_path / "b")
 
 
 def test_missing_toolchain_is_a_clear_error(tmp_path):
     desc = _write_descriptor(tmp_path, **{'cc = "arm-none-eabi-gcc"': 'cc = "nfedge-no-such-gcc"'})
     m = _model()
     with pytest.raises(NfedgeError, match="compiler 'nfedge-no-such-gcc'.*not found on PATH"):
-        build_for_target(BuildConfig(target=str(desc)), m, build_image(m, 8), None, tmp_path / "b")
+        build_for_target(BuildConfig(mode="weight-only", target=str(desc)), m, build_image(m, 8), None, tmp_path / "b")
     assert not (tmp_path / "b").exists()
 
 
@@ -120,7 +124,7 @@ def test_image_larger_than_its_region_does_not_fit(tmp_path):
                                           'image = { name = "ISRAM1", origin = 0x31200000, length = 0x400 }'})
     m = _model()
     with pytest.raises(NfedgeError, match="does not fit.*weight image is 6152 bytes.*holds 1024"):
-        build_for_target(BuildConfig(target=str(desc)), m, build_image(m, 8), None, tmp_path / "b")
+        build_for_target(BuildConfig(mode="weight-only", target=str(desc)), m, build_image(m, 8), None, tmp_path / "b")
 
 
 @needs_arm_gcc
@@ -130,7 +134,7 @@ def test_model_larger_than_ram_does_not_fit(tmp_path):
                                           'ram = { name = "ISRAM0", origin = 0x31000000, length = 0x10000 }'})
     m = _model()
     with pytest.raises(NfedgeError, match="does not fit"):
-        build_for_target(BuildConfig(target=str(desc)), m, build_image(m, 8), None, tmp_path / "b")
+        build_for_target(BuildConfig(mode="weight-only", target=str(desc)), m, build_image(m, 8), None, tmp_path / "b")
     assert not (tmp_path / "b").exists()  # nothing half-written
 
 
@@ -138,7 +142,8 @@ def test_model_larger_than_ram_does_not_fit(tmp_path):
 def m55_bundle(tmp_path_factory):
     m = _model()
     out = tmp_path_factory.mktemp("bundle") / "m55"
-    return build_for_target(BuildConfig(target="cortex-m55", bits=8), m, build_image(m, 8), None, out)
+    return build_for_target(BuildConfig(mode="weight-only", target="cortex-m55", bits=8),
+                            m, build_image(m, 8), None, out)
 
 
 @pytest.mark.slow
@@ -191,3 +196,47 @@ def test_build_bundle_refuses_an_input_shape_its_checkpoint_does_not_take(fr_bun
         build_bundle(BuildConfig(target="cortex-m55", input_shape=(3, 32, 32)), fr_bundle / "base" / "base.pt",
                      fr_bundle / "img", None, tmp_path / "b")
     assert not (tmp_path / "b").exists()
+
+
+_ODD_NET = '''
+import torch
+from torch import nn
+
+
+class OddNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=2, dilation=2), nn.ReLU())
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.head(self.features(x).mean((2, 3)))
+'''
+
+
+@needs_arm_gcc
+@pytest.mark.slow
+def test_integer_is_the_default_on_cortex_m_and_weight_only_one_flag_away(fr_bundle, tmp_path):
+    base, img = fr_bundle / "base" / "base.pt", fr_bundle / "img"
+    for target, mode in (("arm-cortex", "integer"), ("cortex-a72", "weight-only")):
+        r = run_nfedge("build", "--target", target, "--bits", 6, "--base", base, "--image", img, "--out", tmp_path / target)
+        assert r.returncode == 0 and load_bundle(tmp_path / target).mode == mode, r.stderr[-2000:]
+    # a model integer mode cannot take: one line naming the layer and the way out, nothing written
+    (tmp_path / "odd_net.py").write_text(_ODD_NET)
+    ns: dict = {}
+    exec(compile(_ODD_NET, "odd_net.py", "exec"), ns)  # noqa: S102 - the test's own model
+    torch.save(ns["OddNet"]().state_dict(), tmp_path / "odd.pt")
+    r = run_nfedge("import-model", "--class", f"{tmp_path / 'odd_net.py'}:OddNet", "--state-dict", tmp_path / "odd.pt",
+                   "--dataset", "fashion-mnist", "--test-limit", 20, "--out", tmp_path / "odd")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert run_nfedge("quantize", "--checkpoint", tmp_path / "odd" / "base.pt", "--bits", 8,
+                      "--out", tmp_path / "odd-img").returncode == 0
+    args = ["build", "--target", "arm-cortex", "--bits", 8, "--base", tmp_path / "odd" / "base.pt",
+            "--image", tmp_path / "odd-img"]
+    r = run_nfedge(*args, "--out", tmp_path / "odd-m55")
+    err = r.stderr.strip().splitlines()[-1]  # after the build's progress lines, the one error line
+    assert r.returncode != 0 and err.startswith("nfedge: error: integer mode cannot take 1 layer")
+    assert not (tmp_path / "odd-m55").exists()
+    assert "features.0 (Conv2d, dilation=(2, 2): dilated)" in err and err.endswith("build with --mode weight-only")
+    r = run_nfedge(*args, "--mode", "weight-only", "--out", tmp_path / "odd-m55")
+    assert r.returncode == 0 and load_bundle(tmp_path / "odd-m55").mode == "weight-only", r.stderr[-2000:]

@@ -180,7 +180,7 @@ def small_build(tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(link, "layout_graph", capture)
-        b = build_for_target(BuildConfig(target="cortex-m55", bits=8), m, build_image(m, 8), g,
+        b = build_for_target(BuildConfig(mode="weight-only", target="cortex-m55", bits=8), m, build_image(m, 8), g,
                              tmp_path_factory.mktemp("codegen") / "b")
     return b, {lay.name: lay for lay in layouts}
 

@@ -54,7 +54,8 @@ def test_only_the_host_target_is_tuned(tmp_path, model_and_image):
         tune_for_target(TuneConfig(target="cortex-m55"), m, image, None, tmp_path / "db")
     assert not (tmp_path / "db").exists()
     with pytest.raises(NfedgeError, match="host target only"):
-        build_for_target(BuildConfig(target="cortex-m55", tuning_db=str(tmp_path)), m, image, None, tmp_path / "b")
+        build_for_target(BuildConfig(mode="weight-only", target="cortex-m55", tuning_db=str(tmp_path)),
+                         m, image, None, tmp_path / "b")
 
 
 def test_missing_database_is_a_clear_error(tmp_path, model_and_image):

@@ -77,7 +77,8 @@ def generator():
 def bundle(request, tmp_path_factory, model, generator):
     image = build_image(model, 8)
     out = tmp_path_factory.mktemp("b") / request.param
-    return build_for_target(BuildConfig(target=request.param, bits=8), model, image, generator, out), image
+    return build_for_target(BuildConfig(mode="weight-only", target=request.param, bits=8),
+                            model, image, generator, out), image
 
 
 @needs_arm
@@ -125,7 +126,8 @@ def test_single_bit_flip_changes_host_and_target_identically(bundle, model, gene
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 7, 8])
 def test_every_precision_builds_and_agrees(bits, model, tmp_path):
     image = build_image(model, bits, per_channel=bits % 2 == 0)
-    b = build_for_target(BuildConfig(target="cortex-m55", bits=bits), model, image, None, tmp_path / f"b{bits}")
+    b = build_for_target(BuildConfig(mode="weight-only", target="cortex-m55", bits=bits),
+                         model, image, None, tmp_path / f"b{bits}")
     x = _inputs(1, seed=bits)
     rng = np.random.default_rng(bits)
     faulty = image.codes.copy().view(np.uint8)
