@@ -97,12 +97,17 @@ def import_model_cmd(model_class, kwargs_json, state_dict, exported_program, inp
 @click.option("--device", default="auto", show_default=True)
 @click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16"]),
               help="bf16: autocast the step's passes to bfloat16 (CPU and CUDA)")
+@click.option("--objective", default="mean", show_default=True, type=click.Choice(["mean", "cvar", "max"]),
+              help="how the N perturbed models' losses combine: their mean (EOPM), the mean of the worst "
+              "--tail-fraction of them (CVaR), or the worst")
+@click.option("--tail-fraction", default=0.4, show_default=True, type=float,
+              help="cvar: the fraction of the N perturbed models averaged (the largest losses)")
 @mode_option
 @data_options
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="run directory (generator.pt, config.json)")
 def train_cmd(base_paths, image_dirs, generator, ber, voltage, fault, calibration, lam, n_perturbed, epochs, batch_size,
-              lr, max_steps, init, init_from, seed, device, precision, mode, dataset, data_root, train_limit, test_limit,
-              out):
+              lr, max_steps, init, init_from, seed, device, precision, objective, tail_fraction, mode, dataset, data_root,
+              train_limit, test_limit, out):
     """Train a NeuralFuse generator with EOPM (relaxed: on the deployed base; restricted: on surrogates).
 
     Runs under torchrun too (gloo on CPU, NCCL on GPUs): torchrun --nproc-per-node 2 -m nfedge train ...
@@ -121,7 +126,7 @@ def train_cmd(base_paths, image_dirs, generator, ber, voltage, fault, calibratio
                      fault=fault, calibration=calibration, lam=lam, n_perturbed=n_perturbed, epochs=epochs,
                      batch_size=batch_size, lr=lr,
                      max_steps=max_steps, seed=seed, device=device, init=init, init_from=init_from,
-                     precision=precision, mode=mode)
+                     precision=precision, mode=mode, objective=objective, tail_fraction=tail_fraction)
     data = data_config(bases[0][2]["meta"], dataset, data_root, train_limit, test_limit)
     distributed = "RANK" in __import__("os").environ
     if distributed and not dist.is_initialized():

@@ -17,6 +17,7 @@ one-process gradient of the same global batch.
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,11 @@ class EOPMConfig(StageConfig):
     precision: str = "fp32"  # fp32 | bf16: torch.autocast to bfloat16 for the step's passes (CPU and CUDA)
     mode: str = "weight-only"  # integer: train against the base model's integer twin (what integer mode deploys)
     calib_images: int = CALIBRATION_IMAGES  # integer mode: training images (seeded) that calibrate the base program
+    # How the N perturbed models' losses CE_i combine (a certificate is decided by the worst chips, docs/PLANNER.md):
+    # mean (EOPM, the paper), cvar (the mean of the ceil(tail_fraction * N) largest CE_i: the tail of the chip
+    # population) or max (the worst perturbed model)
+    objective: str = "mean"
+    tail_fraction: float = 0.4  # cvar only: the fraction of the N perturbed models averaged (0.4 of 5: the worst 2)
 
     def validate(self) -> None:
         require(self.generator in GENERATORS, f"unknown generator {self.generator!r}; known: {', '.join(GENERATORS.names())}")
@@ -83,15 +89,34 @@ class EOPMConfig(StageConfig):
         require(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         require(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         require(self.calib_images >= 1, "calib_images must be >= 1")
+        require(self.objective in OBJECTIVES, f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        require(isinstance(self.tail_fraction, (int, float)) and 0.0 < self.tail_fraction <= 1.0,
+                f"tail_fraction must be in (0, 1], got {self.tail_fraction!r}")
 
     def inject_config(self, chip: int) -> InjectConfig:
         return InjectConfig(fault=self.fault, ber=self.ber, voltage=self.voltage, chip=chip,
                             stuck_at_one=self.stuck_at_one, calibration=self.calibration)
 
 
+OBJECTIVES = ("mean", "cvar", "max")
+
+
+def tail_loss(per_model: torch.Tensor, objective: str = "mean", tail_fraction: float = 1.0) -> torch.Tensor:
+    """The perturbed term from the N perturbed models' batch-mean losses CE_i: their mean, the mean of the
+    ceil(tail_fraction * N) largest (CVaR), or the largest."""
+    if objective == "max":
+        return per_model.max()
+    if objective == "cvar":
+        k = max(1, math.ceil(tail_fraction * per_model.numel()))
+        return per_model.topk(k).values.mean()
+    return per_model.mean()
+
+
 def eopm_loss(generator: nn.Module, bases: list[tuple[Any, dict, list]], x: torch.Tensor, y: torch.Tensor,
-              lam: float, rank: int = 0, world: int = 1, integer: bool = False) -> torch.Tensor:
+              lam: float, rank: int = 0, world: int = 1, integer: bool = False, objective: str = "mean",
+              tail_fraction: float = 1.0) -> torch.Tensor:
     """EOPM loss averaged over base models; each base is (model, clean weights, list of N perturbed weights).
+    `objective` / `tail_fraction`: how the N perturbed losses combine (tail_loss; "mean" is the paper's EOPM).
 
     With world > 1 the base passes use only this rank's slice rank::world of the transformed batch. With
     `integer`, each base is (its calibrated integer program, clean codes, N perturbed codes): the base runs as
@@ -113,7 +138,11 @@ def eopm_loss(generator: nn.Module, bases: list[tuple[Any, dict, list]], x: torc
             pert = forward_many(model, perturbed, fx)  # [N, B, classes]
         clean_loss = F.cross_entropy(clean_logits, y)
         n = pert.shape[0]
-        pert_loss = F.cross_entropy(pert.reshape(-1, pert.shape[-1]), y.repeat(n))  # = mean_i CE_i
+        if objective == "mean":  # one cross-entropy over all N x B rows: = mean_i CE_i (the paper's EOPM)
+            pert_loss = F.cross_entropy(pert.reshape(-1, pert.shape[-1]), y.repeat(n))
+        else:
+            per_model = F.cross_entropy(pert.reshape(-1, pert.shape[-1]), y.repeat(n), reduction="none").view(n, -1)
+            pert_loss = tail_loss(per_model.mean(dim=1), objective, tail_fraction)
         total = total + clean_loss + lam * pert_loss
     return total / len(bases)
 
@@ -202,7 +231,8 @@ def train_generator(cfg: EOPMConfig, bases: list[tuple[nn.Module, WeightImage]],
             # bf16: convs and matmuls of the N + 1 forward and input-gradient passes in bfloat16 (autocast keeps
             # the loss and the reductions it lists in float32); the generator's parameters and Adam stay fp32
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-                loss = eopm_loss(model_g, parts, x, y, cfg.lam, rank, world, integer=bool(programs))
+                loss = eopm_loss(model_g, parts, x, y, cfg.lam, rank, world, integer=bool(programs),
+                                 objective=cfg.objective, tail_fraction=cfg.tail_fraction)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

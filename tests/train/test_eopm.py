@@ -159,3 +159,42 @@ def test_integer_mode_trains_against_the_integer_twin(small_model):
     assert any(not torch.equal(v, a.state_dict()[k]) for k, v in b.state_dict().items())  # and G was trained
     with pytest.raises(NfedgeError, match="mode"):
         EOPMConfig(mode="int4")
+
+
+def test_tail_objectives_combine_the_perturbed_losses():
+    from nfedge.train.eopm import tail_loss
+
+    ce = torch.tensor([0.5, 2.0, 1.0, 4.0, 0.25])
+    assert float(tail_loss(ce, "mean")) == pytest.approx(7.75 / 5)
+    assert float(tail_loss(ce, "max")) == 4.0
+    assert float(tail_loss(ce, "cvar", 0.4)) == pytest.approx(3.0)  # the worst 2 of 5: (4 + 2) / 2
+    assert float(tail_loss(ce, "cvar", 0.01)) == 4.0  # at least one model
+    assert float(tail_loss(ce, "cvar", 1.0)) == pytest.approx(7.75 / 5)  # all of them: the mean
+
+
+def test_the_tail_objective_weighs_the_worst_perturbed_models(small_model):
+    model, image = _base(small_model)
+    gen = init_identity(create_generator("ConvS", in_channels=1))
+    ws = [perturbed_weights(image, InjectConfig(ber=0.05, chip=c)) for c in range(4)]
+    x, y = _toy_data(16).tensors
+    bases = [(model, image.dequantized_weights(), ws)]
+    with torch.no_grad():
+        mean = float(eopm_loss(gen, bases, x, y, lam=1.0))
+        cvar = float(eopm_loss(gen, bases, x, y, lam=1.0, objective="cvar", tail_fraction=0.5))
+        worst = float(eopm_loss(gen, bases, x, y, lam=1.0, objective="max"))
+        # by hand: CE of the clean model + lam * the mean of the 2 largest per-model CEs
+        clean = torch.nn.functional.cross_entropy(torch.func.functional_call(model, bases[0][1], (x,)), y)
+        per = torch.stack([torch.nn.functional.cross_entropy(torch.func.functional_call(model, w, (x,)), y) for w in ws])
+    assert mean < cvar < worst
+    assert cvar == pytest.approx(float(clean + per.topk(2).values.mean()), rel=1e-5)
+    assert worst == pytest.approx(float(clean + per.max()), rel=1e-5)
+
+
+def test_training_with_a_tail_objective(small_model):
+    a, log = _train(small_model, objective="cvar", tail_fraction=0.5, seed=3)
+    b, _ = _train(small_model, seed=3)
+    assert all(np.isfinite(log["history"][0]["step_losses"]))
+    assert any(not torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    for bad in ({"objective": "median"}, {"objective": "cvar", "tail_fraction": 0.0}):
+        with pytest.raises(NfedgeError):
+            EOPMConfig(generator="ConvS", **bad)
