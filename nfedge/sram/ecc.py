@@ -133,27 +133,35 @@ def _cell_masks(runs: list[np.ndarray], words: int, word_bits: int = WORD_BITS) 
     return dmask, cmask
 
 
-def apply_codeword_faults(words: EccWords, faults: CellFaults) -> tuple[EccWords, int]:
-    """The codewords as a faulty SRAM reads them (cell 72 w + j = position j of word w); and the faulty cells."""
-    data, check = words.data.copy(), words.check.copy()
+def read_through_faults(data: np.ndarray, side: np.ndarray, faults: CellFaults,
+                        word_bits: int = WORD_BITS) -> tuple[np.ndarray, np.ndarray, int]:
+    """64-bit data words (uint64) and their side cells (uint8 per word: SECDED's check bits, or
+    nfedge.sram.protect's parity bit) as faulty cells read them, word w in cells word_bits w .. (data bits first);
+    and the number of distinct faulty cells."""
+    data, side = data.copy(), side.copy()
     faulty_d = np.zeros(data.size, dtype=np.uint64)
-    faulty_c = np.zeros(check.size, dtype=np.uint8)
+    faulty_s = np.zeros(side.size, dtype=np.uint8)
     for runs, kind in ((faults.flip, "flip"), (faults.stuck_one, "one"), (faults.stuck_zero, "zero")):
         if not runs:
             continue
-        dm, cm = _cell_masks(runs, data.size)
+        dm, sm = _cell_masks(runs, data.size, word_bits)
         if kind == "flip":
             data ^= dm
-            check ^= cm
+            side ^= sm
         elif kind == "one":
             data |= dm
-            check |= cm
+            side |= sm
         else:
             data &= ~dm
-            check &= ~cm
+            side &= ~sm
         faulty_d |= dm
-        faulty_c |= cm
-    faulty = int(np.bitwise_count(faulty_d).sum()) + int(np.bitwise_count(faulty_c).sum())
+        faulty_s |= sm
+    return data, side, int(np.bitwise_count(faulty_d).sum()) + int(np.bitwise_count(faulty_s).sum())
+
+
+def apply_codeword_faults(words: EccWords, faults: CellFaults) -> tuple[EccWords, int]:
+    """The codewords as a faulty SRAM reads them (cell 72 w + j = position j of word w); and the faulty cells."""
+    data, check, faulty = read_through_faults(words.data, words.check, faults)
     return EccWords(data, check, words.n_codes, words.bits), faulty
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from nfedge.errors import NfedgeError
-from nfedge.sram.ecc import DATA_BITS, EccWords, _cell_masks, decode_image, encode_image
+from nfedge.sram.ecc import DATA_BITS, EccWords, decode_image, encode_image, read_through_faults
 from nfedge.sram.faults import FAULT_MODELS, CellFaults, InjectConfig, _bit_mask, _popcount
 from nfedge.sram.image import WeightImage, with_codes
 
@@ -57,29 +57,10 @@ def apply_parity_faults(data: np.ndarray, faults: CellFaults) -> tuple[np.ndarra
     parity bit) and zero the words whose parity is odd. Returns (data as read then masked, the data as read, the
     detected-word mask, distinct faulty cells)."""
     data = np.asarray(data, dtype=np.uint64)
-    parity = _popcount_parity(data)
-    read, read_p = data.copy(), parity.copy()
-    faulty_d = np.zeros(data.size, dtype=np.uint64)
-    faulty_p = np.zeros(data.size, dtype=np.uint8)
-    for runs, kind in ((faults.flip, "flip"), (faults.stuck_one, "one"), (faults.stuck_zero, "zero")):
-        if not runs:
-            continue
-        dm, pm = _cell_masks(runs, data.size, PARITY_WORD_BITS)  # pm bit 0: the parity cell
-        if kind == "flip":
-            read ^= dm
-            read_p ^= pm
-        elif kind == "one":
-            read |= dm
-            read_p |= pm
-        else:
-            read &= ~dm
-            read_p &= ~pm
-        faulty_d |= dm
-        faulty_p |= pm
+    read, read_p, faulty = read_through_faults(data, _popcount_parity(data), faults, PARITY_WORD_BITS)
     detected = _popcount_parity(read) != read_p
     out = read.copy()
     out[detected] = 0
-    faulty = int(np.bitwise_count(faulty_d).sum()) + int(np.bitwise_count(faulty_p).sum())
     return out, read, detected, faulty
 
 
