@@ -224,9 +224,9 @@ def conv2d_int8_nhwc(x, w, rq: Requant, *, out_channels: int, kernel: int, strid
     return _requantized(acc, 3, rq, kp=kernel * kwp)
 
 
-def _requantized(acc, axis: int, rq: Requant, *, kp: int):
+def _requantized(acc, axis: int, rq: Requant, *, kp: int, shape=None):
     """bias, rescale, saturate (and the tanh table) of int32 accumulators whose output channel is `axis`, over
-    kp reduction terms."""
+    kp reduction terms; `shape` (default acc's): the output's, a leading part of acc on every axis."""
     from tvm import te, tirx
 
     # the bias is added in int32 where acc + bias cannot overflow (|acc| <= Kp * 2^14 with any codes): the
@@ -236,7 +236,8 @@ def _requantized(acc, axis: int, rq: Requant, *, kp: int):
     if rq.high_word and not narrow:
         raise NfedgeError("integer kernel: the 32-bit epilogue needs acc + bias within int32")
     # a stage of its own (a register after scheduling), so that the int64 product below is of two int32 values
-    biased = te.compute(acc.shape, lambda *i: acc[i] + rq.bias[i[axis]], name="nf_bias") if narrow else acc
+    shape = acc.shape if shape is None else shape
+    biased = te.compute(shape, lambda *i: acc[i] + rq.bias[i[axis]], name="nf_bias") if narrow else acc
 
     def finish(v):
         return rq.lut[v.astype("int32") + 128] if rq.lut is not None else v.astype(rq.out_dtype)
@@ -254,7 +255,7 @@ def _requantized(acc, axis: int, rq: Requant, *, kp: int):
         v = (v * rq.mult[o].astype("int64") + rq.rounding[o]) >> rq.shift[o]
         return finish(tirx.max(tirx.min(v, tirx.const(rq.hi, "int64")), tirx.const(rq.lo, "int64")))
 
-    return te.compute(acc.shape, epilogue, name="nf_out")
+    return te.compute(shape, epilogue, name="nf_out")
 
 
 def PAIR_ORDER(j):  # a fixed permutation, named like the constant it is

@@ -8,12 +8,14 @@ Each kernel computes a tile of 2 output channels x 2 output columns (2 x 4 colum
 channel) in registers, then its bias, rescale and saturation; the im2col rows of one output row are computed
 right before that row where Kp is a whole number of windows (RAM: OW x Kp bytes), for the whole layer first
 otherwise (OH x OW x Kc bytes); the NHWC kernel's zero-padded input rows are computed for the whole layer.
+The depthwise kernel's schedule is nfedge.deploy.compile.int8_depthwise.schedule_depthwise.
 Measured (bench/bench_target.py, docs/BENCHMARKS.md): the 2 x 2 tile beat 4 x 2, 4 x 1, 2 x 1 and 1 x 4 on the M4
 (4 x 2 spills its 8 accumulators: the M4 has 13 usable core registers).
 """
 
 from __future__ import annotations
 
+from nfedge.deploy.compile.int8_depthwise import DEPTHWISE_KERNEL, schedule_depthwise
 from nfedge.deploy.compile.int8_kernels import KERNEL_ATTR, NHWC_KERNEL, chunk_of, isa_of_target
 from nfedge.errors import NfedgeError
 
@@ -139,7 +141,8 @@ def schedule_int8_kernels(mod, target):
     for gv, func in list(mod.functions.items()):
         if isinstance(func, tvm.tirx.PrimFunc) and func.attrs and func.attrs.get(KERNEL_ATTR, None) is not None:
             try:
-                schedule = _schedule_nhwc if str(func.attrs[KERNEL_ATTR]) == NHWC_KERNEL else _schedule_im2col
+                schedule = {NHWC_KERNEL: _schedule_nhwc, DEPTHWISE_KERNEL: schedule_depthwise}.get(
+                    str(func.attrs[KERNEL_ATTR]), _schedule_im2col)
                 mod[gv] = schedule(func, isa).with_attr("tirx.is_scheduled", True)
             except Exception as e:  # TVM raises its own types; the function name is what helps
                 raise NfedgeError(f"integer kernel schedule failed for {gv.name_hint} ({isa or 'generic'}): "

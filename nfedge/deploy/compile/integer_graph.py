@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from nfedge.deploy.compile.int8_depthwise import DEPTHWISE_KERNEL, depthwise_int8
 from nfedge.deploy.compile.int8_kernels import (
     IM2COL_KERNEL,
     KERNEL_ATTR,
@@ -145,7 +146,7 @@ def _emit_conv_kernel(bb, prog: Program, op: Op, x, image_var, entries, isa: str
                        pairs16=isa == "dsp", **geometry)
 
 
-_IM2COL_PREFIX, _NHWC_PREFIX = "nf_conv_", "nf_convh_"  # PrimFunc names of the two kernel forms
+_IM2COL_PREFIX, _NHWC_PREFIX, _DW_PREFIX = "nf_conv_", "nf_convh_", "nf_dw_"  # PrimFunc names of the kernel forms
 _NHWC_KINDS = ("conv", "maxpool", "upsample", "concat")  # a generator of only these runs in NHWC
 
 
@@ -156,6 +157,31 @@ def _on_kernel(prog: Program, op: Op, entries: dict[str, Any]) -> bool:
     key = prog.weight_key(op)
     shape = entries[key].shape if prog.weights_from_image else np.shape(prog.constants[key])
     return int(shape[2]) == int(shape[3])
+
+
+def _on_depthwise(prog: Program, op: Op, entries: dict[str, Any]) -> bool:
+    """A depthwise conv (groups = Cin = Cout: codes [C, 1, kH, kW]) that the depthwise kernel computes."""
+    if op.kind != "conv" or op.attrs.get("transposed") or op.attrs.get("groups", 1) == 1:
+        return False
+    key = prog.weight_key(op)
+    shape = entries[key].shape if prog.weights_from_image else np.shape(prog.constants[key])
+    return int(shape[1]) == 1 and int(op.attrs["groups"]) == int(shape[0])
+
+
+def _emit_depthwise(bb, prog: Program, op: Op, x, image_var, entries):
+    """A depthwise conv as nfedge's depthwise kernel (nfedge.deploy.compile.int8_depthwise): the image's codes
+    read in place, or a generator's codes as a flat constant."""
+    key = prog.weight_key(op)
+    if prog.weights_from_image:
+        t = entries[key]
+        w, offset, shape = image_var, int(t.offset), tuple(int(v) for v in t.shape)
+    else:
+        codes = np.asarray(prog.constants[key])
+        w, offset, shape = _const(codes.reshape(-1), "int8"), 0, codes.shape
+    rq = _layer_requant(op, int(shape[2] * shape[3]), int(shape[0]))
+    return emit_kernel(bb, depthwise_int8, x, w, rq, name=f"{_DW_PREFIX}{op.output.replace('.', '_')}",
+                       w_offset=offset, kernel_h=int(shape[2]), kernel_w=int(shape[3]),
+                       stride=int(op.attrs["stride"]), padding=int(op.attrs["padding"]))
 
 
 def runs_nhwc(prog: Program) -> bool:
@@ -191,8 +217,8 @@ def _emit_nhwc(bb, prog: Program, x, isa: str | None):
 
 
 def _emit_relax_layer(bb, prog: Program, op: Op, x, image_var, entries):
-    """A linear, grouped, non-square or transposed conv layer (no kernel of nfedge's own) as Relax operators: the int8 x int8
-    -> int32 operator, the bias and rescale in int64 (_rescale), then the table where the layer has one."""
+    """A linear, grouped (not depthwise), non-square or transposed conv layer (no kernel of nfedge's own) as Relax
+    operators: the int8 x int8 -> int32 operator, the bias and rescale in int64 (_rescale), then the table where the layer has one."""
     from tvm import relax
 
     p = op.params
@@ -203,7 +229,7 @@ def _emit_relax_layer(bb, prog: Program, op: Op, x, image_var, entries):
         acc = bb.emit(relax.op.nn.conv2d_transpose(x, w, strides=op.attrs["stride"], padding=op.attrs["padding"],
                                                    output_padding=op.attrs["output_padding"],
                                                    kernel_layout="IOHW", out_dtype="int32"))
-    else:  # a grouped (depthwise) or non-square conv: every other conv is a kernel (_emit_conv_kernel)
+    else:  # a grouped or non-square conv: every other conv is a kernel (_emit_conv_kernel, _emit_depthwise)
         acc = bb.emit(relax.op.nn.conv2d(x, w, strides=op.attrs["stride"], padding=op.attrs["padding"],
                                          groups=op.attrs.get("groups", 1), out_dtype="int32"))
     ndim = 2 if op.kind == "linear" else 4
@@ -254,6 +280,8 @@ def _emit_program(bb, prog: Program, x, image_var, entries, isa: str | None = No
         p = op.params
         if _on_kernel(prog, op, entries):
             y = _emit_conv_kernel(bb, prog, op, a[0], image_var, entries, isa, total_bytes)
+        elif _on_depthwise(prog, op, entries):
+            y = _emit_depthwise(bb, prog, op, a[0], image_var, entries)
         elif op.kind in ("conv", "linear"):
             y = _emit_relax_layer(bb, prog, op, a[0], image_var, entries)
         elif op.kind == "add":
@@ -335,7 +363,8 @@ def _mark_kernels(mod):
     import tvm
 
     for gv, f in list(mod.functions.items()):
-        if isinstance(f, tvm.tirx.PrimFunc) and gv.name_hint.startswith((_IM2COL_PREFIX, _NHWC_PREFIX)):
-            form = NHWC_KERNEL if gv.name_hint.startswith(_NHWC_PREFIX) else IM2COL_KERNEL
+        if isinstance(f, tvm.tirx.PrimFunc) and gv.name_hint.startswith((_IM2COL_PREFIX, _NHWC_PREFIX, _DW_PREFIX)):
+            form = (NHWC_KERNEL if gv.name_hint.startswith(_NHWC_PREFIX) else
+                    DEPTHWISE_KERNEL if gv.name_hint.startswith(_DW_PREFIX) else IM2COL_KERNEL)
             mod[gv] = f.with_attr(KERNEL_ATTR, form).with_attr("op_pattern", 8)
     return mod

@@ -164,3 +164,86 @@ def test_a_kernel_the_schedule_cannot_handle_is_an_error():
     mod = tvm.IRModule({"nf_conv_broken": f})
     with pytest.raises(NfedgeError, match="integer kernel schedule failed for nf_conv_broken"):
         schedule_int8_kernels(mod, tvm.target.Target(M55))
+
+
+# ---------------------------------------------------------------------------------------------- depthwise
+
+
+def _depthwise_module(c, h, w, kh, kw, stride, padding, bias, mult, shift, offset):
+    import tvm
+    from tvm import relax
+
+    from nfedge.deploy.compile.int8_depthwise import DEPTHWISE_KERNEL, depthwise_int8
+
+    rq = Requant.per_channel(bias, mult, shift, out_channels=c, kp=kh * kw, lo=-128, hi=127, out_dtype="int8")
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, c, h, w), "int8"))
+    img = relax.Var("image", relax.TensorType((offset + c * kh * kw,), "int8"))
+    with bb.function("main", [x, img]):
+        with bb.dataflow():
+            y = emit_kernel(bb, depthwise_int8, x, img, rq, name="nf_dw_t", w_offset=offset, kernel_h=kh,
+                            kernel_w=kw, stride=stride, padding=padding)
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    mod = bb.get()
+    for gv, f in list(mod.functions.items()):
+        if isinstance(f, tvm.tirx.PrimFunc):
+            mod[gv] = f.with_attr(KERNEL_ATTR, DEPTHWISE_KERNEL).with_attr("op_pattern", 8)
+    return mod, rq
+
+
+@pytest.mark.parametrize("c,h,w,kh,kw,stride,padding,high_word", [
+    (8, 9, 9, 3, 3, 1, 1, True),     # stride 1, padded, OW = 9: a partial group of columns
+    (16, 8, 8, 3, 3, 1, 1, False),   # the int64 epilogue
+    (6, 10, 7, 3, 3, 2, 1, True),    # stride 2, padded
+    (5, 9, 9, 3, 3, 2, 0, False),    # stride 2, unpadded (a Keras pad before it)
+    (3, 12, 6, 5, 3, 1, 2, True),    # a non-square kernel
+])
+def test_depthwise_kernel_equals_the_reference_on_this_host(c, h, w, kh, kw, stride, padding, high_word):
+    import tvm
+    from tvm import relax
+
+    rng = np.random.default_rng(c * 100 + h)
+    lo_shift = HIGH_WORD_MIN_SHIFT if high_word else 2
+    shift = rng.integers(lo_shift, 40, c)
+    shift[0] = lo_shift
+    mult = rng.integers(2**30, 2**31, c) * rng.choice([-1, 1], c)
+    bias = rng.integers(-20000, 20000, c)
+    x = rng.choice(np.array([-128, 127, 0, 1, -1, 55], dtype=np.int8), (1, c, h, w))
+    offset = 7  # the codes start inside the image, read in place
+    image = rng.integers(-128, 128, offset + c * kh * kw).astype(np.int8)
+    mod, rq = _depthwise_module(c, h, w, kh, kw, stride, padding, bias, mult, shift, offset)
+    assert rq.high_word == high_word
+    target = tvm.target.Target("llvm")
+    ex = tvm.compile(lower_relax(mod, target, "inline"), target=target)
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(image)).numpy()
+    codes = image[offset:].reshape(c, 1, kh, kw)
+    acc = F.conv2d(torch.tensor(x, dtype=torch.float64), torch.tensor(codes, dtype=torch.float64), stride=stride,
+                   padding=padding, groups=c).numpy().astype(np.int64) + bias.reshape(1, -1, 1, 1)
+    sign = np.sign(mult).reshape(1, -1, 1, 1)
+    ref = saturate(apply_scale(sign * acc, np.abs(mult).reshape(1, -1, 1, 1), shift.reshape(1, -1, 1, 1)), -128, 127)
+    assert got.shape == ref.shape and np.array_equal(got.astype(np.int64), ref)
+    assert (ref == 127).any() and (ref == -128).any() and len(np.unique(ref)) > 5  # saturation was exercised
+
+
+def test_m55_depthwise_kernel_uses_helium_vector_macs():
+    import tempfile
+    from pathlib import Path
+
+    import tvm
+
+    rng = np.random.default_rng(2)
+    mod, _ = _depthwise_module(16, 8, 8, 3, 3, 1, 1, rng.integers(-99, 99, 16), rng.integers(2**30, 2**31, 16),
+                               rng.integers(33, 40, 16), 0)
+    target = tvm.target.Target(M55)
+    lowered = lower_relax(mod, target, "inline")
+    funcs = {gv.name_hint: f for gv, f in lowered.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+    with tempfile.TemporaryDirectory() as d:
+        rt = tvm.tirx.build(tvm.IRModule({tvm.ir.GlobalVar(n): f.with_attr("global_symbol", n)
+                                          for n, f in funcs.items()}), target=target)
+        rt.write_to_file(str(Path(d) / "k.o"))
+        asm = subprocess.run(["arm-none-eabi-objdump", "-d", "-m", "armv8.1-m.main", str(Path(d) / "k.o")],
+                             capture_output=True, text=True, check=True).stdout
+    # per tap: a sign-extending 4-byte load and a vector-by-scalar multiply-accumulate; the rescale on vectors
+    assert "vldrb.s32" in asm and "vmla.s32" in asm, "no Helium int32x4 multiply-accumulate in the depthwise kernel"
+    assert "vmulh.s32" in asm and "umull" not in asm, "the depthwise rescale is not on vectors"
