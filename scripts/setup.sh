@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up a fresh machine for nfedge, idempotently (a second run takes seconds):
 #   1. Debian packages: the Fashion-MNIST dataset, QEMU and the ARM cross toolchains;
-#   2. a virtual environment in .venv with nfedge installed editable, plus its test tools.
+#   2. a virtual environment in .venv with nfedge installed editable, plus its test tools and Ray (the optional
+#      extra for --executor ray, whose tests CI runs).
 # Needs root (or sudo) only when a Debian package is missing. Network: Debian archives and PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,11 +28,12 @@ command -v "$PY" >/dev/null || PY=python3
 # Reinstall only when the dependency list changed (stamp = hash of pyproject.toml).
 stamp=.venv/.nfedge-setup-stamp
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! .venv/bin/python -c "import nfedge, tvm, torch" 2>/dev/null; then
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! .venv/bin/python -c "import nfedge, tvm, torch, ray" 2>/dev/null; then
   echo "[setup] installing Python packages into .venv"
   # torch first and pinned: an unpinned resolve would pull a multi-GB CUDA build.
   .venv/bin/python -m pip install -q "torch==2.13.0"
-  .venv/bin/python -m pip install -q -e ".[test]"
+  # ray: the optional extra for --executor ray; CI runs its tests (tests/test_executor.py), so the venv has it
+  .venv/bin/python -m pip install -q -e ".[test,ray]"
   echo "$want" > "$stamp"
 fi
 echo "[setup] ready: $(.venv/bin/python -c 'import nfedge, torch, tvm; print("nfedge", nfedge.__version__, "torch", torch.__version__, "tvm", tvm.__version__)')"

@@ -34,12 +34,13 @@ from nfedge.analysis.certify import acceptance, order_statistic, rank_confidence
 from nfedge.analysis.energy import EnergyConfig
 from nfedge.analysis.evaluate import ImageScorer
 from nfedge.analysis.options import BASE, ECC, Option, build_options, option_energy
+from nfedge.analysis.plan_sim import Simulator as _Simulator
 from nfedge.config import StageConfig, require
+from nfedge.executor import Executor
 from nfedge.progress import DEFAULT, Progress
 from nfedge.quant import check_bits
 from nfedge.sram.calibration import load_calibration
 from nfedge.sram.ecc import UNCORRECTABLE_POLICIES
-from nfedge.sram.faults import InjectConfig
 from nfedge.sram.image import WeightImage, build_image
 
 PLAN_FORMAT = "nfedge-plan"
@@ -138,60 +139,6 @@ def _integer(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-class _Simulator:
-    """Accuracies per (option, split, voltage, chip), each measured once. Options reading the same layout (the base
-    model and its generators) share one faulty image per chip; the scorers score an image once per distinct content,
-    so chips without a faulty cell (and decoded images equal to the clean one) cost nothing."""
-
-    def __init__(self, scores: dict[str, ImageScorer], images: dict[int, WeightImage], cfg: PlanConfig,
-                 progress: Progress):
-        self.scores, self.images, self.cfg = scores, images, cfg
-        self.acc: dict[tuple[str, str, float, int], float] = {}
-        self.audits: dict[tuple[str, float, int], dict[str, Any]] = {}
-        self.bar = progress.manual("plan", unit="chip")
-
-    def get(self, o: Option, split: str, v: float, chip: int) -> float | None:
-        return self.acc.get((o.label, split, v, chip))
-
-    def measure(self, options: list[Option], split: str, v: float, chips: list[int]) -> None:
-        cfg = self.cfg
-        for chip in chips:
-            need = [o for o in options if (o.label, split, v, chip) not in self.acc]
-            if not need:
-                continue
-            icfg = InjectConfig(fault=cfg.fault, voltage=v, chip=chip, stuck_at_one=cfg.stuck_at_one,
-                                calibration=cfg.calibration)  # the config nfedge evaluate builds: the same bytes
-            made: dict[tuple, tuple[WeightImage, dict[str, Any] | None]] = {}
-            for o in need:
-                if o.image_key() not in made:
-                    made[o.image_key()] = o.inject(self.images, icfg, cfg.ecc_uncorrectable)
-                img, audit = made[o.image_key()]
-                self.acc[(o.label, split, v, chip)] = self.scores[split].accuracy(img, o.inputs)
-                if audit is not None:
-                    self.audits[(o.label, v, chip)] = audit
-            self.bar.update(1)
-
-    def values(self, o: Option, split: str, v: float, chips: list[int]) -> list[float]:
-        self.measure([o], split, v, chips)
-        return [self.acc[(o.label, split, v, c)] for c in chips]
-
-    def meets(self, o: Option, split: str, v: float, chips: list[int], floor: float, k: int) -> bool:
-        """The k-th lowest of the chips' accuracies >= floor, measuring only the chips that decide it: it misses iff k
-        chips miss, so measuring stops at the k-th miss. The chips worst at the nearest voltage measured above go
-        first (faults nest: they are the likeliest to miss). A voltage that meets the floor has every chip measured."""
-        def prior(c: int) -> float:
-            us = [u for (lab, s, u, cc) in self.acc if lab == o.label and s == split and cc == c and u > v]
-            return self.acc[(o.label, split, min(us), c)] if us else math.inf
-
-        below = 0
-        for c in sorted(chips, key=prior):
-            self.measure([o], split, v, [c])
-            below += self.acc[(o.label, split, v, c)] < floor
-            if below >= k:
-                return False
-        return True
-
-
 def search_voltage(meets, points: list[float], tol: float) -> dict[str, Any]:
     """The lowest voltage meeting the floor (`meets(v)`): coarse scan of `points`, highest first, then bisection."""
     if not meets(points[0]):
@@ -222,8 +169,8 @@ def _certify(sim: _Simulator, o: Option, v: float, confirm: list[int], floor: fl
     """The acceptance test at v on the fresh chips (test images), stopped as soon as too many chips missed."""
     cfg, got = sim.cfg, []
     allowed = acceptance([], floor, len(confirm), cfg.quantile, cfg.confidence)["failures_allowed"]
-    for c in confirm:
-        got.append(sim.values(o, "test", v, [c])[0])
+    for i, c in enumerate(confirm):
+        got.append(sim.values(o, "test", v, [c], confirm[i + 1:])[0])
         if sum(a < floor for a in got) > allowed:
             break
     res = acceptance(got, floor, len(confirm), cfg.quantile, cfg.confidence)
@@ -281,15 +228,16 @@ def _curve(sim: _Simulator, options: list[Option], floors: list[float], shift: f
 def plan_operating_points(model: nn.Module, image: WeightImage, test: tuple[torch.Tensor, torch.Tensor], cfg: PlanConfig,
                           generators: dict[str, tuple[str, nn.Module]] | None = None, progress: Progress = DEFAULT,
                           score: ImageScorer | None = None, validation: tuple[torch.Tensor, torch.Tensor] | None = None,
-                          val_score: ImageScorer | None = None, split_record: dict[str, Any] | None = None
-                          ) -> dict[str, Any]:
+                          val_score: ImageScorer | None = None, split_record: dict[str, Any] | None = None,
+                          executor: Executor | None = None) -> dict[str, Any]:
     """Every option's certified operating point at cfg's floor, quantile and confidence (module doc), and its
     certified accuracy at each of cfg.voltages.
 
     `generators` maps a label to (registered generator name, module). `validation` is the split the voltage is
     searched on (nfedge.analysis.split; None: the test images themselves, recorded as such: the search then sees the
     images it is judged on, though the fresh chips still certify). `score` / `val_score` share ImageScorers between
-    plans of the same model, image sets and generators. Accuracies in %, energy savings as fractions.
+    plans of the same model, image sets and generators. `executor` (nfedge.executor; None: this process) scores
+    the faulty images; the plan is the same. Accuracies in %, energy savings as fractions.
     """
     generators, (lo, hi), b = generators or {}, cfg.voltage_range(), image.manifest.bits
     per_channel = any(len(t.scales) > 1 for t in image.manifest.tensors)
@@ -309,7 +257,8 @@ def plan_operating_points(model: nn.Module, image: WeightImage, test: tuple[torc
         require(s.y is data[1] and set(s.inputs) == {None, *generators}, "a shared scorer must be made from this plan's "
                                                                          "image set and generators")
     scored = len(score) + (len(val_score) if val_score is not score else 0)
-    sim = _Simulator({"test": score, "val": val_score}, images, cfg, progress)
+    sim = _Simulator({"test": score, "val": val_score}, images, cfg, progress, executor, model,
+                     {"test": test, **({"val": validation} if validation is not None else {})}, gmods)
     clean = {o.label: score.accuracy(images[o.bits or 0], o.inputs) for o in options}
     clean_val = {o.label: val_score.accuracy(images[o.bits or 0], o.inputs) for o in options}
     ca, ca_val = clean[BASE], clean_val[BASE]
@@ -385,7 +334,8 @@ def plan_operating_points(model: nn.Module, image: WeightImage, test: tuple[torc
                    "test_images": n_test, "search_split": "validation" if validation is not None else "test",
                    "standard_error_at_floor": standard_error(floor, n_test)},
         "samples": n_test, "image_sha256": image.manifest.image_sha256, "input": input_shape, "bits": b,
-        "scored_images": len(score) + (len(val_score) if val_score is not score else 0) - scored,
+        "scored_images": sim.scored_images(scored, {(images[o.bits or 0].manifest.image_sha256,
+                                                     images[o.bits or 0].manifest.bits, o.inputs) for o in options}),
         "clean": {"CA": ca, "CA_validation": ca_val,
                   "CA_NF": {o.label: clean[o.label] for o in options if o.kind == "generator" and o.protection == "none"}},
         "floor": floor, "floor_validation": floor_val,

@@ -16,6 +16,7 @@ from nfedge.cli.common import (
     data_options,
     default_chips,
     emit,
+    executor_option,
     load_bases,
     mode_option,
 )
@@ -63,10 +64,11 @@ def _format_eval(r: dict) -> str:
               type=int,
               help="integer mode: seeded training images that calibrate the integer programs")
 @data_options
+@executor_option
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--out", type=click.Path(dir_okay=False), help="also write the result JSON here")
 def evaluate_cmd(base_path, image_dir, generator_paths, voltages, bers, chips, fault, fault_map, images, calibration,
-                 mode, calib_images, dataset, data_root, train_limit, test_limit, as_json, out):
+                 mode, calib_images, dataset, data_root, train_limit, test_limit, executor, as_json, out):
     """Host-simulated CA, PA, CA(NF), PA(NF), RP over evaluation chips (mean, std, worst chip)."""
     from nfedge.analysis.evaluate import EvaluateConfig, evaluate
     from nfedge.data import load_dataset
@@ -86,7 +88,10 @@ def evaluate_cmd(base_path, image_dir, generator_paths, voltages, bers, chips, f
     programs = None
     if mode == "integer":
         programs = calibrate_programs(model, image, gens, calibration_images(data, calib_images), checkpoint_ranges(meta))
-    r = evaluate(model, image, test.tensors, cfg, generators=gens, programs=programs)
+    from nfedge.executor import open_executor
+
+    with open_executor(executor) as ex:
+        r = evaluate(model, image, test.tensors, cfg, generators=gens, programs=programs, executor=ex)
     emit(r, as_json, out, _format_eval(r))
 
 

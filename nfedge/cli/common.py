@@ -127,3 +127,15 @@ def build_mode_option(fn):
     return click.option("--mode", default=None, type=click.Choice(list(MODES)),
                         help=_MODE_HELP + ". Default: integer for the bare-metal Cortex-M targets (arm-cortex, "
                         "cortex-m55, cortex-m4) and Ethos-U, weight-only for cortex-a72 and host")(fn)
+
+
+def executor_option(fn):
+    """--executor: where a sweep's tasks run (nfedge.executor, docs/SWEEPS.md)."""
+    def parse(ctx, param, value):  # a bad spec fails before any input is read
+        from nfedge.executor import ExecutorConfig
+
+        return ExecutorConfig.parse(value)
+
+    return click.option("--executor", "executor", default="local", show_default=True, type=str, callback=parse,
+                        help="where the sweep runs: local[:N] (N processes here) or ray[:ADDRESS] (a Ray cluster, "
+                        "or a local Ray without an address; pip install nfedge[ray]); docs/SWEEPS.md")(fn)

@@ -14,6 +14,7 @@ from nfedge.cli.common import (
     condition_cells,
     default_chips,
     emit,
+    executor_option,
     load_bases,
 )
 from nfedge.errors import NfedgeError
@@ -139,7 +140,8 @@ def tune_cmd(target, base_path, image_dir, generator_path, db_dir, trials, trial
 @click.option("--min-agreement", default=_faultrun("min_agreement"), show_default=True, type=float,
               help="exit non-zero below this fraction of identical host/target predictions")
 @click.option("--jobs", default=_faultrun("jobs"), show_default=True, type=int,
-              help="emulator processes in parallel")
+              help="emulator processes in parallel (--executor local:N says the same)")
+@executor_option
 @click.option("--timeout", "timeout_s", default=_faultrun("timeout_s"), show_default=True, type=float,
               help="seconds per emulator run")
 @click.option("--json", "as_json", is_flag=True)
@@ -151,16 +153,25 @@ def tune_cmd(target, base_path, image_dir, generator_path, db_dir, trials, trial
               help="run the bundle's code: its native code unconfined (host bundles' .so, Linux bundles where no "
               "confinement exists), and the model class a bundle of an import-model --class checkpoint imports")
 def faultrun_cmd(bundle_dir, voltages, bers, chips, samples, fault, fault_map, images, calibration, min_agreement, jobs,
-                 timeout_s, as_json, out, data_root, allow_emulator, trust_bundle_code):
+                 executor, timeout_s, as_json, out, data_root, allow_emulator, trust_bundle_code):
     """Run the bundle on its (emulated) target against undervolted SRAM images and compare with the host."""
     from nfedge.deploy.run.faultrun import FaultrunConfig, faultrun
+    from nfedge.executor import ExecutorConfig, open_executor
+
+    spec: ExecutorConfig = executor  # parsed by the option
+    jobs = spec.workers or jobs  # local:N: N emulator processes run from here (ray: its workers run them)
 
     chips = default_chips(chips, fault, FaultrunConfig.chips)
     cfg = FaultrunConfig(voltages=tuple(voltages), bers=tuple(bers), chips=chips, samples=samples,
                          fault=fault, fault_map=fault_map, images=tuple(images), calibration=calibration,
                          min_agreement=min_agreement, jobs=jobs, timeout_s=timeout_s)
-    r = faultrun(bundle_dir, None, cfg, allow_emulator=allow_emulator, trust_bundle_code=trust_bundle_code,
-                 data_root=data_root)
+    if spec.kind == "local":
+        r = faultrun(bundle_dir, None, cfg, allow_emulator=allow_emulator, trust_bundle_code=trust_bundle_code,
+                     data_root=data_root)
+    else:
+        with open_executor(spec) as ex:
+            r = faultrun(bundle_dir, None, cfg, allow_emulator=allow_emulator, trust_bundle_code=trust_bundle_code,
+                         data_root=data_root, executor=ex)
     lines = [f"target {r['target']}, {r['mode']} mode, {r['bits']}-bit, {r['chips']} chips x {r['samples']} samples",
              "| V/Vmin (or image) | BER | model | target acc | host acc | identical predictions | max logit diff |",
              "|---|---|---|---|---|---|---|"]

@@ -8,7 +8,16 @@ from __future__ import annotations
 import click
 from click.core import ParameterSource
 
-from nfedge.cli.common import ConfigDefault, calibration_option, cli, data_config, data_options, emit, load_bases
+from nfedge.cli.common import (
+    ConfigDefault,
+    calibration_option,
+    cli,
+    data_config,
+    data_options,
+    emit,
+    executor_option,
+    load_bases,
+)
 from nfedge.errors import NfedgeError
 
 
@@ -65,6 +74,7 @@ def _default_run(field: str) -> ConfigDefault:
               help="a detected-uncorrectable ECC word: zero | keep (as read)")
 @calibration_option
 @data_options
+@executor_option
 @click.option("--json", "as_json", is_flag=True, help="print the result JSON instead of the table")
 @click.option("--out", type=click.Path(dir_okay=False), help="also write the result JSON here")
 @click.option("--plot", type=click.Path(dir_okay=False), help="PNG of achievable ES against the floor (CA .. CA-20)")
@@ -73,8 +83,8 @@ def _default_run(field: str) -> ConfigDefault:
 @click.option("--table", type=click.Path(dir_okay=False), help="also write the Markdown table here")
 def plan_cmd(base_path, image_dir, generator_paths, floor, floor_drop, quantile, confidence, chips, confirm_chips,
              voltages, val_images, val_seed, no_parity, msb, fewer_bits, generator_msb, fault, v_min, v_max, tolerance,
-             no_ecc, ecc_uncorrectable, calibration, dataset, data_root, train_limit, test_limit, as_json, out, plot,
-             plot_step, table):
+             no_ecc, ecc_uncorrectable, calibration, dataset, data_root, train_limit, test_limit, executor, as_json,
+             out, plot, plot_step, table):
     """Lowest weight-SRAM voltage at which at least 1 - q of chips keep the floor with confidence c (searched on a
     validation split, certified on fresh chips and the test set), and the energy saving there, for every option."""
     from nfedge.analysis.plan import PlanConfig, plan_operating_points
@@ -120,7 +130,11 @@ def plan_cmd(base_path, image_dir, generator_paths, floor, floor_drop, quantile,
                      "split; the voltage is searched on the test images")
     elif val_images:
         val, split = validation_split(dcfg, trained_on, val_images, val_seed)
-    r = plan_operating_points(model, image, test.tensors, cfg, generators=gens, validation=val, split_record=split)
+    from nfedge.executor import open_executor
+
+    with open_executor(executor) as ex:
+        r = plan_operating_points(model, image, test.tensors, cfg, generators=gens, validation=val, split_record=split,
+                                  executor=ex)
     r["inputs"] = {"base": {"path": str(base_path), "sha256": sha256_file(base_path)}, "image": str(image_dir),
                    "generators": files, "data": dcfg.to_dict()}
     md = plan_markdown(r)

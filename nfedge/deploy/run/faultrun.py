@@ -25,6 +25,7 @@ from nfedge.config import require
 from nfedge.data import load_dataset
 from nfedge.deploy.bundle import Bundle, load_bundle
 from nfedge.deploy.run.harness import check_runnable, run_on_target
+from nfedge.deploy.run.remote import target_runs
 from nfedge.errors import NfedgeError
 from nfedge.fileio import sha256_file
 from nfedge.integer.calibrate import INPUT_SCALE
@@ -90,9 +91,11 @@ def _agreement(a: list[np.ndarray], b: list[np.ndarray]) -> dict[str, float]:
 
 def faultrun(bundle_dir: str | Path, test: tuple[torch.Tensor, torch.Tensor] | None, cfg: FaultrunConfig,
              progress: Progress = DEFAULT, allow_emulator: str | Path | None = None,
-             trust_bundle_code: bool = False, data_root: str | None = None) -> dict[str, Any]:
+             trust_bundle_code: bool = False, data_root: str | None = None, executor: Any = None) -> dict[str, Any]:
     """Run every (condition, chip) on target and host; returns the JSON-ready result (see module doc). Without
-    `test`, the test images come from the data set the checkpoint records (its root replaced by `data_root`)."""
+    `test`, the test images come from the data set the checkpoint records (its root replaced by `data_root`).
+    `executor`: None, cfg.jobs emulator processes here; a Ray executor (nfedge.executor), the emulator runs on its
+    workers (the bundle shipped as bytes, nfedge.deploy.run.remote); the host side runs here either way."""
     bundle = load_bundle(bundle_dir)
     if bundle.kind == "ethos-u":  # Vela's output runs on the NPU only, and no NPU or emulator of one exists here
         raise NfedgeError(f"bundle {bundle.path} is for {bundle.target.name}, an Ethos-U NPU, and no Ethos-U emulator "
@@ -124,7 +127,8 @@ def faultrun(bundle_dir: str | Path, test: tuple[torch.Tensor, torch.Tensor] | N
         host = lambda img: _host_integers(programs, img, x_target)  # noqa: E731
     else:
         host = lambda img: _host_logits(model, img.dequantized_weights(), gen, x)  # noqa: E731
-    outs = _run_everywhere(bundle, cfg, images, conds, chips, x_target, host, progress, allow_emulator, trust_bundle_code)
+    outs = _run_everywhere(bundle, cfg, images, conds, chips, x_target, host, progress, allow_emulator, trust_bundle_code,
+                           executor)
     names = [BASE] + ([gen_name] if gen is not None else [])
     results, instr = _compare(conds, chips, outs, names, y.numpy())
     ipi = {k: (int(np.mean(v)) if v else None) for k, v in instr.items()}
@@ -153,28 +157,37 @@ def faultrun(bundle_dir: str | Path, test: tuple[torch.Tensor, torch.Tensor] | N
 
 
 def _run_everywhere(bundle: Bundle, cfg: FaultrunConfig, images: dict, conds: dict, chips: dict, x_target: np.ndarray,
-                    host, progress: Progress, allow_emulator, trust_bundle_code: bool) -> dict:
+                    host, progress: Progress, allow_emulator, trust_bundle_code: bool, executor=None) -> dict:
     """{(condition, chip): (target result, host base logits, host NeuralFuse logits)}: the emulator runs in parallel
     processes (threads only wait on them); the host side runs in the main thread as results arrive."""
     jobs = [(i, conds[i], chip) for i in conds for chip in chips[i]]
 
+    def where(cond, chip) -> str:
+        return (f"image {cond['image']}" if cond.get("image") else f"chip {chip} at "
+                + (f"{cond['voltage']} V/Vmin" if cond["voltage"] is not None else f"BER {cond['ber']}"))
+
     def on_target(job):
         i, cond, chip = job
-        where = (f"image {cond['image']}" if cond.get("image") else f"chip {chip} at "
-                 + (f"{cond['voltage']} V/Vmin" if cond["voltage"] is not None else f"BER {cond['ber']}"))
         try:
             return run_on_target(bundle, images[(i, chip)].codes.tobytes(), x_target, timeout_s=cfg.timeout_s, verify=False,
                                  allow_emulator=allow_emulator, trust_bundle_code=trust_bundle_code)
         except NfedgeError as e:
-            raise NfedgeError(f"{where}: {e}") from None
+            raise NfedgeError(f"{where(cond, chip)}: {e}") from None
 
     outs = {}
     bar = progress.manual(f"faultrun on {bundle.target.name}", total=len(jobs), unit="run")
     with ThreadPoolExecutor(max_workers=cfg.jobs) as pool:
-        for (i, _, chip), res in zip(jobs, pool.map(on_target, jobs)):
+        if executor is None:
+            runs = pool.map(on_target, jobs)
+        else:  # the executor's bar update is the one per run; the host side below only reads results
+            runs = target_runs(executor, bundle, [(images[(i, chip)].codes.tobytes(), where(cond, chip))
+                                                  for i, cond, chip in jobs], x_target, cfg.timeout_s,
+                               allow_emulator, trust_bundle_code, bar)
+        for (i, _, chip), res in zip(jobs, runs):
             # functional_call swaps module parameters in place: never run the host side from two threads at once
             outs[(i, chip)] = (res, *host(images[(i, chip)]))
-            bar.update(1)
+            if executor is None:
+                bar.update(1)
     bar.close()
     return outs
 
