@@ -8,6 +8,14 @@ for the target's ISA).
                                                                   and for k >= K, the zero padding of the row)
     acc[n, o, oh, ow] = sum_k int32(col[n, oh, ow, k]) * int32(W[o, k])
 
+With `rows` (the padded-rows form, `rows_form`: OW a multiple of 4, and Kp whole windows or at most ROWS_FLAT_MAX
+terms) col reads a zero-padded copy of the input instead of bounds-checking each byte:
+
+    xpad[n, c, hh, ww] = x[n, c, hh - p, ww - p]     (0 off the image and for the zero channels c >= C)
+    col[n, oh, ow, (c, kh, kw)] = xpad[n, c, oh*s + kh, ow*s + kw]
+
+(xpad is x itself where nothing is padded). The kernel may be non-square (kernel = (kH, kW)).
+
 W[o, k] is read in place: for a base model it is byte `offset + o*K + k` of the flat memory image (the codes
 as stored, OIHW, so for one output channel the whole reduction is one contiguous run of K bytes), for a
 generator a constant. Where the reduction is zero-padded to Kp > K, a read of W[o, k >= K] lands on the next
@@ -37,7 +45,7 @@ from nfedge.integer.scheme import HIGH_WORD_MIN_SHIFT, INT32_MAX
 
 __all__ = ["IM2COL_KERNEL", "KERNEL_ATTR", "NHWC_KERNEL", "Requant", "chunk_of", "constant_weights", "conv2d_int8",
            "conv2d_int8_nhwc", "emit_kernel", "isa_of_target", "narrow_accumulator", "nhwc_weights",
-           "padded_reduction"]
+           "padded_reduction", "rows_form"]
 
 KERNEL_ATTR = "nfedge.kernel"  # PrimFunc attribute that marks a kernel for nfedge.deploy.compile.int8_schedule
 IM2COL_KERNEL, NHWC_KERNEL = "conv2d_int8", "conv2d_int8_nhwc"  # its values
@@ -150,18 +158,32 @@ def emit_kernel(bb, compute, x, w, rq: Requant, *, name: str, **geometry):
     return bb.emit_te(on_tensors, x, w, *constants, primfunc_name_hint=name)
 
 
-def conv2d_int8(x, w, rq: Requant, *, w_offset: int, out_channels: int, kernel: int, stride: int, padding: int,
-                kp: int, pairs16: bool = False):
+def rows_form(kp: int, kernel, out_width: int) -> bool:
+    """Whether conv2d_int8's padded-rows form applies (rows=True): OW a multiple of 4, and Kp whole windows or a
+    short row (at most ROWS_FLAT_MAX terms: its terms are then unrolled, a stem's)."""
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    return (kp % (kh * kw) == 0 or kp <= ROWS_FLAT_MAX) and out_width % 4 == 0
+
+
+ROWS_FLAT_MAX = 64  # the longest row of partial windows the padded-rows form gathers term by term (unrolled)
+
+
+def conv2d_int8(x, w, rq: Requant, *, w_offset: int, out_channels: int, kernel, stride: int, padding: int,
+                kp: int, pairs16: bool = False, rows: bool = False):
     """The TE compute of one integer conv layer (see the module doc). x: int8 [N, C, H, W]; w: the flat int8
     image (w_offset = the tensor's byte offset) or a constant int8 [O, Kp]; rq: the epilogue, its arrays TE
-    tensors; kp: the reduction length (padded_reduction); pairs16: the DSP form of the im2col row."""
+    tensors; kernel: kH = kW, or (kH, kW); kp: the reduction length (padded_reduction); pairs16: the DSP form
+    of the im2col row; rows: gather the im2col rows from a zero-padded copy of the input rows (nf_xpad) instead
+    of bounds-checking every byte, where `rows_form` allows (the schedule computes kH padded rows per output row,
+    then the row's windows, vectorized on the M55)."""
     from tvm import te, tirx
 
     n_, c_, h_, w_ = (int(v) for v in x.shape)
-    kk = kernel * kernel
+    k_h, k_w = (kernel, kernel) if isinstance(kernel, int) else (int(kernel[0]), int(kernel[1]))
+    kk = k_h * k_w
     k_terms = c_ * kk
-    oh_ = (h_ + 2 * padding - kernel) // stride + 1
-    ow_ = (w_ + 2 * padding - kernel) // stride + 1
+    oh_ = (h_ + 2 * padding - k_h) // stride + 1
+    ow_ = (w_ + 2 * padding - k_w) // stride + 1
     flat = len(w.shape) == 1
 
     # col's row holds whole (c, kh, kw) windows: kc = Cpad*kH*kW >= Kp terms, c >= C zero; the schedule turns
@@ -169,13 +191,30 @@ def conv2d_int8(x, w, rq: Requant, *, w_offset: int, out_channels: int, kernel: 
     kc = -(-kp // kk) * kk
 
     def col_value(n, oh, ow, k):
-        c, kh, kw = k // kk, (k % kk) // kernel, k % kernel
+        c, kh, kw = k // kk, (k % kk) // k_w, k % k_w
         hh = oh * stride + kh - padding
         ww = ow * stride + kw - padding
         inside = tirx.all(c < c_, hh >= 0, hh < h_, ww >= 0, ww < w_)
         return tirx.if_then_else(inside, x[n, tirx.min(c, c_ - 1), hh, ww], tirx.const(0, "int8"))
 
-    col = te.compute((n_, oh_, ow_, kc), col_value, name="nf_col", attrs={"nf_kernel": kernel})
+    if rows and rows_form(kp, (k_h, k_w), ow_):
+        # xpad[n, c, hh, ww] = x[n, c, hh - p, ww - p], 0 off the image and for c >= C; the schedule computes
+        # its kH rows of one output row at a time (a zero fill, then whole rows copied)
+        wp = max(w_ + 2 * padding, (ow_ - 1) * stride + k_w)
+
+        def padded(n, c, hh, ww):
+            inside = tirx.all(c < c_, hh >= padding, hh < h_ + padding, ww >= padding, ww < w_ + padding)
+            return tirx.if_then_else(inside, x[n, tirx.min(c, c_ - 1), hh - padding, ww - padding],
+                                     tirx.const(0, "int8"))
+
+        # where nothing is padded (no border, no zero channel) the windows are gathered from x itself
+        unpadded = padding == 0 and kc // kk == c_
+        xpad = x if unpadded else te.compute((n_, kc // kk, h_ + 2 * padding, wp), padded, name="nf_xpad")
+        col = te.compute((n_, oh_, ow_, kc), lambda n, oh, ow, k: xpad[n, k // kk, oh * stride + k % kk // k_w,
+                                                                       ow * stride + k % k_w],
+                         name="nf_col", attrs={"nf_kernel": [k_h, k_w], "nf_stride": stride})
+    else:
+        col = te.compute((n_, oh_, ow_, kc), col_value, name="nf_col", attrs={"nf_kernel": [k_h, k_w]})
 
     def weight(o, k):
         return w[w_offset + o * k_terms + k] if flat else w[o, k]

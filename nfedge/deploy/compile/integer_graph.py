@@ -8,8 +8,9 @@ The base model slices its int8 codes out of the ONE flat image input on every in
 artifact runs against every faulty image; the generator's codes are constants (flash). Every operator is
 the reference's formula: conv2d (grouped too) / conv2d_transpose / matmul with int8 operands and out_dtype int32,
 the int32 bias and the TOSA rescale in int64 ((acc * sign*M + 2^(shift-1)) >> shift), the add's shared-shift sum of
-two rescaled terms, saturation by maximum/minimum, int8 max pooling (padded with -128, which never wins), int32
-window sums, int8 zero pads, crops, repeats and concats, a 256-entry table for a table activation.
+two rescaled terms (nfedge's add kernel, exact in int32, where its shift allows), saturation by maximum/minimum,
+int8 max pooling (padded with -128, which never wins), int32 window sums, int8 zero pads, crops, repeats and concats,
+a 256-entry table for a table activation.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from nfedge.deploy.compile.int8_depthwise import DEPTHWISE_KERNEL, depthwise_int8
+from nfedge.deploy.compile.int8_elementwise import ADD_KERNEL, add_int8, add_kernel_applies, global_sum_int32
 from nfedge.deploy.compile.int8_kernels import (
     IM2COL_KERNEL,
     KERNEL_ATTR,
@@ -95,7 +97,7 @@ class _ConvWeights(NamedTuple):
 
     w: Any  # the Relax weight operand: the image input, or a constant
     out_channels: int
-    kernel: int  # kH (= kW)
+    kernel: int | tuple[int, int]  # kH (= kW), or (kH, kW)
     offset: int  # the codes' byte offset in the image (0 for a constant)
     kp: int  # the reduction length the kernel computes (padded_reduction; kH * KWp in NHWC)
 
@@ -115,10 +117,17 @@ def _conv_weights(prog: Program, op: Op, image_var, entries, isa: str | None, to
         t = entries[key]
         shape = tuple(int(v) for v in t.shape)
         kp = padded_reduction(int(np.prod(shape[1:])), isa, total_bytes - (int(t.offset) + t.numel))
-        return _ConvWeights(image_var, shape[0], shape[2], int(t.offset), kp)
+        return _ConvWeights(image_var, shape[0], _kernel_size(shape), int(t.offset), kp)
     codes = np.asarray(prog.constants[key])
     kp = padded_reduction(int(np.prod(codes.shape[1:])), isa, None)
-    return _ConvWeights(_const(constant_weights(codes, kp), "int8"), int(codes.shape[0]), int(codes.shape[2]), 0, kp)
+    return _ConvWeights(_const(constant_weights(codes, kp), "int8"), int(codes.shape[0]), _kernel_size(codes.shape), 0,
+                        kp)
+
+
+def _kernel_size(shape) -> int | tuple[int, int]:
+    """kH where the kernel is square, else (kH, kW) (the im2col kernel's `kernel`)."""
+    kh, kw = int(shape[2]), int(shape[3])
+    return kh if kh == kw else (kh, kw)
 
 
 def _layer_requant(op: Op, kp: int, out_channels: int) -> Requant:
@@ -143,20 +152,31 @@ def _emit_conv_kernel(bb, prog: Program, op: Op, x, image_var, entries, isa: str
     if nhwc:
         return emit_kernel(bb, conv2d_int8_nhwc, x, cw.w, rq, name=f"{_NHWC_PREFIX}{name}", **geometry)
     return emit_kernel(bb, conv2d_int8, x, cw.w, rq, name=f"{_IM2COL_PREFIX}{name}", w_offset=cw.offset, kp=cw.kp,
-                       pairs16=isa == "dsp", **geometry)
+                       pairs16=isa == "dsp", rows=_rows(isa, cw.kernel, geometry["padding"]), **geometry)
 
 
-_IM2COL_PREFIX, _NHWC_PREFIX, _DW_PREFIX = "nf_conv_", "nf_convh_", "nf_dw_"  # PrimFunc names of the kernel forms
+def _rows(isa: str | None, kernel, padding: int) -> bool:
+    """conv2d_int8's padded-rows form: on the M55 always; on the M4 where the byte-wise gather bounds-checks (a
+    window wider than 1x1, or padding: an unpadded 1x1 gathers no zero, and its per-tile form was slower)."""
+    return isa == "mve" or (isa == "dsp" and (kernel not in (1, (1, 1)) or padding > 0))
+
+
+_IM2COL_PREFIX, _NHWC_PREFIX, _DW_PREFIX, _ADD_PREFIX = "nf_conv_", "nf_convh_", "nf_dw_", "nf_add_"  # kernel names
 _NHWC_KINDS = ("conv", "maxpool", "upsample", "concat")  # a generator of only these runs in NHWC
 
 
-def _on_kernel(prog: Program, op: Op, entries: dict[str, Any]) -> bool:
-    """A conv that one of nfedge's own kernels computes: not transposed, not grouped, a square kernel."""
+def _shape(v) -> tuple[int, ...]:
+    return tuple(int(d) for d in v.ty.shape)
+
+
+def _on_kernel(prog: Program, op: Op, entries: dict[str, Any], square: bool = False) -> bool:
+    """A conv that one of nfedge's own kernels computes: not transposed, not grouped; square, or non-square in
+    the im2col kernel (the direct NHWC kernel of a generator takes square kernels only)."""
     if op.kind != "conv" or op.attrs.get("transposed") or op.attrs.get("groups", 1) != 1:
         return False
     key = prog.weight_key(op)
     shape = entries[key].shape if prog.weights_from_image else np.shape(prog.constants[key])
-    return int(shape[2]) == int(shape[3])
+    return int(shape[2]) == int(shape[3]) or not square
 
 
 def _on_depthwise(prog: Program, op: Op, entries: dict[str, Any]) -> bool:
@@ -188,7 +208,7 @@ def runs_nhwc(prog: Program) -> bool:
     """A generator (constant weights) made only of kernel convs, non-overlapping unpadded max pooling, upsampling
     and concats runs its layers in NHWC with the direct kernel (the reference stays NCHW: the same integers)."""
     return (not prog.weights_from_image and all(op.kind in _NHWC_KINDS for op in prog.ops)
-            and all(_on_kernel(prog, op, {}) for op in prog.ops if op.kind == "conv")
+            and all(_on_kernel(prog, op, {}, square=True) for op in prog.ops if op.kind == "conv")
             and all(op.attrs.get("stride", op.attrs["kernel"]) == op.attrs["kernel"] and not op.attrs.get("padding")
                     for op in prog.ops if op.kind == "maxpool"))
 
@@ -217,8 +237,9 @@ def _emit_nhwc(bb, prog: Program, x, isa: str | None):
 
 
 def _emit_relax_layer(bb, prog: Program, op: Op, x, image_var, entries):
-    """A linear, grouped (not depthwise), non-square or transposed conv layer (no kernel of nfedge's own) as Relax
-    operators: the int8 x int8 -> int32 operator, the bias and rescale in int64 (_rescale), then the table where the layer has one."""
+    """A linear, grouped (not depthwise) or transposed conv layer (no kernel of nfedge's own) as Relax
+    operators: the int8 x int8 -> int32 operator, the bias and rescale in int64 (_rescale), then the table where the
+    layer has one."""
     from tvm import relax
 
     p = op.params
@@ -229,7 +250,7 @@ def _emit_relax_layer(bb, prog: Program, op: Op, x, image_var, entries):
         acc = bb.emit(relax.op.nn.conv2d_transpose(x, w, strides=op.attrs["stride"], padding=op.attrs["padding"],
                                                    output_padding=op.attrs["output_padding"],
                                                    kernel_layout="IOHW", out_dtype="int32"))
-    else:  # a grouped or non-square conv: every other conv is a kernel (_emit_conv_kernel, _emit_depthwise)
+    else:  # a grouped conv: every other conv is a kernel (_emit_conv_kernel, _emit_depthwise)
         acc = bb.emit(relax.op.nn.conv2d(x, w, strides=op.attrs["stride"], padding=op.attrs["padding"],
                                          groups=op.attrs.get("groups", 1), out_dtype="int32"))
     ndim = 2 if op.kind == "linear" else 4
@@ -285,7 +306,12 @@ def _emit_program(bb, prog: Program, x, image_var, entries, isa: str | None = No
         elif op.kind in ("conv", "linear"):
             y = _emit_relax_layer(bb, prog, op, a[0], image_var, entries)
         elif op.kind == "add":
-            y = _rescale_sum(bb, [(a[0], p["ma"]), (a[1], p["mb"])], p["shift"], p["lo"], p["hi"], "int8")
+            if add_kernel_applies(p["ma"], p["mb"], p["shift"]) and _shape(a[0]) == _shape(a[1]):
+                y = bb.emit_te(add_int8, a[0], a[1], ma=int(p["ma"]), mb=int(p["mb"]), shift=int(p["shift"]),
+                               lo=int(p["lo"]), hi=int(p["hi"]),
+                               primfunc_name_hint=f"{_ADD_PREFIX}{op.output.replace('.', '_')}")
+            else:
+                y = _rescale_sum(bb, [(a[0], p["ma"]), (a[1], p["mb"])], p["shift"], p["lo"], p["hi"], "int8")
             y = _table(bb, op, y)
         elif op.kind == "maxpool":
             k = op.attrs["kernel"]
@@ -295,7 +321,7 @@ def _emit_program(bb, prog: Program, x, image_var, entries, isa: str | None = No
             if "kernel" in op.attrs:
                 s = _window_sum(bb, a[0], op.attrs["kernel"], op.attrs["stride"])
             else:
-                s = bb.emit(relax.op.sum(relax.op.astype(a[0], "int32"), axis=[2, 3], keepdims=True))
+                s = bb.emit_te(global_sum_int32, a[0], primfunc_name_hint="nf_gsum")
             y = _rescale(bb, s, p["sign"], p["mult"], p["shift"], INT8_MIN, INT8_MAX, "int8", None)
         elif op.kind == "pad":
             left, right, top, bottom = pad_amounts(op, tuple(int(v) for v in a[0].ty.shape))
@@ -363,8 +389,10 @@ def _mark_kernels(mod):
     import tvm
 
     for gv, f in list(mod.functions.items()):
-        if isinstance(f, tvm.tirx.PrimFunc) and gv.name_hint.startswith((_IM2COL_PREFIX, _NHWC_PREFIX, _DW_PREFIX)):
+        if isinstance(f, tvm.tirx.PrimFunc) and gv.name_hint.startswith((_IM2COL_PREFIX, _NHWC_PREFIX, _DW_PREFIX,
+                                                                          _ADD_PREFIX)):
             form = (NHWC_KERNEL if gv.name_hint.startswith(_NHWC_PREFIX) else
-                    DEPTHWISE_KERNEL if gv.name_hint.startswith(_DW_PREFIX) else IM2COL_KERNEL)
+                    DEPTHWISE_KERNEL if gv.name_hint.startswith(_DW_PREFIX) else
+                    ADD_KERNEL if gv.name_hint.startswith(_ADD_PREFIX) else IM2COL_KERNEL)
             mod[gv] = f.with_attr(KERNEL_ATTR, form).with_attr("op_pattern", 8)
     return mod

@@ -2,6 +2,7 @@
 its schedule uses the ISA's dot-product instructions (the compiled Cortex-M objects' disassembly), and a schedule
 that fails is an error naming the function."""
 
+import re
 import subprocess
 
 import numpy as np
@@ -27,11 +28,12 @@ M55 = {"kind": "llvm", "mtriple": "thumbv8.1m.main-none-eabi", "mcpu": "cortex-m
 M4 = {"kind": "llvm", "mtriple": "thumbv7em-none-eabi", "mcpu": "cortex-m4", "mfloat-abi": "soft"}
 
 
-def _conv_module(c, o, h, kp, bias, mult, shift, high_word, stride=1, padding=1, lo=-128, hi=127, extra=0):
+def _conv_module(c, o, h, kp, bias, mult, shift, high_word, stride=1, padding=1, lo=-128, hi=127, extra=0,
+                 rows=False, kernel=3):
     import tvm
     from tvm import relax
 
-    k = c * 9
+    k = c * (kernel * kernel if isinstance(kernel, int) else kernel[0] * kernel[1])
     rq = Requant.per_channel(bias, mult, shift, out_channels=o, kp=kp, lo=lo, hi=hi, out_dtype="int8")
     assert rq.high_word == high_word  # the shifts and bias chosen select the epilogue path under test
     bb = relax.BlockBuilder()
@@ -39,8 +41,8 @@ def _conv_module(c, o, h, kp, bias, mult, shift, high_word, stride=1, padding=1,
     img = relax.Var("image", relax.TensorType((o * k + extra,), "int8"))
     with bb.function("main", [x, img]):
         with bb.dataflow():
-            y = emit_kernel(bb, conv2d_int8, x, img, rq, name="nf_conv_t", w_offset=0, out_channels=o, kernel=3,
-                            stride=stride, padding=padding, kp=kp)
+            y = emit_kernel(bb, conv2d_int8, x, img, rq, name="nf_conv_t", w_offset=0, out_channels=o, kernel=kernel,
+                            stride=stride, padding=padding, kp=kp, rows=rows)
             out = bb.emit_output(y)
         bb.emit_func_output(out)
     mod = bb.get()
@@ -57,9 +59,11 @@ def _reference(x, w, bias, sign_mult, shift, stride, padding, lo=-128, hi=127):
     return saturate(apply_scale(sign * acc, np.abs(sign_mult).reshape(1, -1, 1, 1), shift.reshape(1, -1, 1, 1)), lo, hi)
 
 
+@pytest.mark.parametrize("rows", [False, True])
 @pytest.mark.parametrize("high_word", [True, False])
-@pytest.mark.parametrize("c,o,h,stride,padded", [(8, 16, 8, 1, False), (1, 8, 12, 1, True), (4, 6, 9, 2, False)])
-def test_kernel_equals_the_reference_on_this_host(high_word, c, o, h, stride, padded):
+@pytest.mark.parametrize("c,o,h,stride,padded", [(8, 16, 8, 1, False), (1, 8, 12, 1, True), (4, 6, 9, 2, False),
+                                                 (16, 4, 8, 2, False)])
+def test_kernel_equals_the_reference_on_this_host(rows, high_word, c, o, h, stride, padded):
     import tvm
     from tvm import relax
 
@@ -75,13 +79,40 @@ def test_kernel_equals_the_reference_on_this_host(high_word, c, o, h, stride, pa
     bias = rng.integers(-20000, 20000, o)
     x = rng.choice(np.array([-128, 127, 0, 1, -1, 55], dtype=np.int8), (1, c, h, h))
     image = rng.integers(-128, 128, o * k + extra).astype(np.int8)
-    mod = _conv_module(c, o, h, kp, bias, mult, shift, high_word, stride=stride, extra=extra)
+    mod = _conv_module(c, o, h, kp, bias, mult, shift, high_word, stride=stride, extra=extra, rows=rows)
     target = tvm.target.Target("llvm")
     ex = tvm.compile(lower_relax(mod, target, "inline"), target=target)
     got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(image)).numpy()
     ref = _reference(x, image[: o * k].reshape(o, c, 3, 3), bias, mult, shift, stride, 1)
     assert got.shape == ref.shape and np.array_equal(got.astype(np.int64), ref)
     assert len(np.unique(ref)) > 10 and (ref == 127).any() and (ref == -128).any()  # saturation was exercised
+
+
+@pytest.mark.parametrize("rows", [False, True])
+@pytest.mark.parametrize("c,h,kernel,stride,padding,padded", [
+    (1, 16, (10, 4), 2, 0, True), (3, 12, (2, 5), 1, 2, False), (16, 9, (3, 1), 1, 1, False)])
+def test_non_square_kernel_equals_the_reference_on_this_host(rows, c, h, kernel, stride, padding, padded):
+    # ds-cnn's 10x4 stem (one channel, a short row of partial windows: kp = 48 > K = 40), a padded 2x5 and a 3x1
+    import tvm
+    from tvm import relax
+
+    o = 8
+    rng = np.random.default_rng(c * 7 + kernel[0])
+    k = c * kernel[0] * kernel[1]
+    kp = -(-k // 16) * 16 if padded else k
+    shift = rng.integers(33, 46, o)
+    mult = rng.integers(2**30, 2**31, o) * rng.choice([-1, 1], o)
+    bias = rng.integers(-20000, 20000, o)
+    x = rng.choice(np.array([-128, 127, 0, 1, -1, 55], dtype=np.int8), (1, c, h, h))
+    image = rng.integers(-128, 128, o * k + kp - k).astype(np.int8)
+    mod = _conv_module(c, o, h, kp, bias, mult, shift, True, stride=stride, padding=padding, extra=kp - k, rows=rows,
+                       kernel=kernel)
+    target = tvm.target.Target("llvm")
+    ex = tvm.compile(lower_relax(mod, target, "inline"), target=target)
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(image)).numpy()
+    ref = _reference(x, image[: o * k].reshape(o, c, *kernel), bias, mult, shift, stride, padding)
+    assert got.shape == ref.shape and np.array_equal(got.astype(np.int64), ref)
+    assert len(np.unique(ref)) > 10
 
 
 def test_high_word_rescale_hand_worked_and_random():
@@ -122,13 +153,13 @@ def test_isa_from_the_target():
     assert isa_of_target(tvm.target.Target("llvm")) is None
 
 
-def _disassembly(target_dict, mattr_m55: bool) -> str:
+def _disassembly(target_dict, mattr_m55: bool, rows: bool = False, stride: int = 1) -> str:
     import tvm
 
     target = tvm.target.Target(target_dict)
     rng = np.random.default_rng(1)
     mod = _conv_module(16, 32, 8, 144, rng.integers(-99, 99, 32), rng.integers(2**30, 2**31, 32),
-                       rng.integers(33, 40, 32), True)
+                       rng.integers(33, 40, 32), True, rows=rows, stride=stride)
     lowered = lower_relax(mod, target, "inline")
     funcs = {gv.name_hint: f for gv, f in lowered.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
     assert all(f.attrs.get("tirx.is_scheduled") for n, f in funcs.items() if n.startswith("nf_conv"))
@@ -147,6 +178,17 @@ def test_m55_kernel_uses_helium_dot_products():
     asm = _disassembly(M55, True)
     assert "vmlava.s8" in asm or "vmladava.s8" in asm, "no Helium int8 dot product in the M55 kernel"
     assert "ldrsb" not in asm  # no scalar int8 multiply-accumulate left in the reduction
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_m55_padded_rows_gather_is_vectorized(stride):
+    # the padded-rows form: per (c, kh, kw) the window bytes of 8 (stride 1) or 4 (stride 2: OW = 4) output
+    # columns move as one vector load and one narrowing scatter store (vstrb.16 / vstrb.32 [rN, qM])
+    asm = _disassembly(M55, True, rows=True, stride=stride)
+    assert "vmlava.s8" in asm or "vmladava.s8" in asm
+    scatter = r"vstrb\.%s\s+q\d+, \[r\d+, q\d+\]" % ("16" if stride == 1 else "32")
+    assert re.search(scatter, asm), "no vector scatter store in the M55 im2col gather"
+    assert "ldrsb" not in asm
 
 
 def test_m4_kernel_uses_dsp_dual_macs():
@@ -247,3 +289,70 @@ def test_m55_depthwise_kernel_uses_helium_vector_macs():
     # per tap: a sign-extending 4-byte load and a vector-by-scalar multiply-accumulate; the rescale on vectors
     assert "vldrb.s32" in asm and "vmla.s32" in asm, "no Helium int32x4 multiply-accumulate in the depthwise kernel"
     assert "vmulh.s32" in asm and "umull" not in asm, "the depthwise rescale is not on vectors"
+
+
+# ---------------------------------------------------------------------------------------------- residual add
+
+def _add_module(ma, mb, shift, lo, hi, shape):
+    import tvm
+    from tvm import relax
+
+    from nfedge.deploy.compile.int8_elementwise import ADD_KERNEL, add_int8
+
+    bb = relax.BlockBuilder()
+    a = relax.Var("a", relax.TensorType(shape, "int8"))
+    b = relax.Var("b", relax.TensorType(shape, "int8"))
+    with bb.function("main", [a, b]):
+        with bb.dataflow():
+            y = bb.emit_te(add_int8, a, b, ma=ma, mb=mb, shift=shift, lo=lo, hi=hi, primfunc_name_hint="nf_add_t")
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    mod = bb.get()
+    for gv, f in list(mod.functions.items()):
+        if isinstance(f, tvm.tirx.PrimFunc):
+            mod[gv] = f.with_attr(KERNEL_ATTR, ADD_KERNEL).with_attr("op_pattern", 8)
+    return mod
+
+
+@pytest.mark.parametrize("ma,mb,shift,lo,hi", [
+    (2**31 - 1, 2**31 - 1, 17, -128, 127),  # the extremes of the kernel's range: every intermediate at its bound
+    (2**31 - 1, 1, 46, -128, 127),
+    (1_518_500_250, 2**30, 38, 0, 127),  # a fused ReLU
+    (1_234_567_891, 987_654_321, 31, -128, 127),
+    (65_535, 65_536, 20, -128, 127),  # Mal, Mah at their edges
+    (0, 2**30 + 12_345, 33, -128, 127),
+])
+def test_add_kernel_equals_the_reference_for_every_int8_pair(ma, mb, shift, lo, hi):
+    import tvm
+    from tvm import relax
+
+    from nfedge.deploy.compile.int8_elementwise import add_kernel_applies
+    from nfedge.integer.scheme import add_rescaled
+
+    assert add_kernel_applies(ma, mb, shift)
+    a, b = np.meshgrid(np.arange(-128, 128), np.arange(-128, 128), indexing="ij")
+    a, b = a.astype(np.int8).reshape(1, 16, 64, 64), b.astype(np.int8).reshape(1, 16, 64, 64)  # all 65,536 pairs
+    target = tvm.target.Target("llvm")
+    ex = tvm.compile(lower_relax(_add_module(ma, mb, shift, lo, hi, a.shape), target, "inline"), target=target)
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(b)).numpy()
+    assert np.array_equal(got.astype(np.int64), add_rescaled(a, b, ma, mb, shift, lo, hi))
+    assert not add_kernel_applies(ma, mb, 16) and not add_kernel_applies(ma, mb, 47)
+    assert not add_kernel_applies(2**31, 1, 20)
+
+
+def test_m55_add_kernel_is_vectorized():
+    import tempfile
+    from pathlib import Path
+
+    import tvm
+
+    target = tvm.target.Target(M55)
+    lowered = lower_relax(_add_module(1_518_500_250, 2**30, 38, 0, 127, (1, 16, 8, 8)), target, "inline")
+    funcs = {gv.name_hint: f for gv, f in lowered.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+    with tempfile.TemporaryDirectory() as d:
+        rt = tvm.tirx.build(tvm.IRModule({tvm.ir.GlobalVar(n): f.with_attr("global_symbol", n)
+                                          for n, f in funcs.items()}), target=target)
+        rt.write_to_file(str(Path(d) / "k.o"))
+        asm = subprocess.run(["arm-none-eabi-objdump", "-d", "-m", "armv8.1-m.main", str(Path(d) / "k.o")],
+                             capture_output=True, text=True, check=True).stdout
+    assert re.search(r"vmul\.i32|vmla\.s32|vmla\.i32", asm) and "ldrsb" not in asm
