@@ -1,12 +1,18 @@
 """Fast host scoring of many weight images of one model on fixed inputs (analysis.evaluate.ImageScorer), bit for bit
-the logits of functional_call(model, weights): scoring_copy, 2x2 max-pools as elementwise maxima (CPU max_pool2d also
-writes every window's argmax index).
+the logits of functional_call(model, weights):
+- scoring_copy: 2x2 max-pools as elementwise maxima (CPU max_pool2d also writes every window's argmax index);
+- fast_scoring_copy (the base model in ImageScorer): also one-input-channel convs as unfold + bmm (UnfoldConv2d), and
+  Conv -> BatchNorm -> ReLU -> MaxPool blocks with the pool moved in front of the BatchNorm (SignedConv2d,
+  PooledBatchNorm2d), so BatchNorm and ReLU touch a quarter of the elements;
+- resumable_features: a pass can start after the first such block, from that block's output kept for the same block
+  weights on the same inputs (ResumableSequential).
+Measured on cnn-s, 1,000 images, 1 thread: docs/BENCHMARKS.md "Plan scorer speed (issues #25, #26)".
 
-A restart of the pass after the layers an image leaves unchanged (torch.fx cuts, the reference image's activations
-kept) was tried and removed: side by side it saved nothing on the main job's sweep (43.2 s against 42.8 s without it,
-docs/BENCHMARKS.md "Host evaluation sweep"). Near the voltages that matter (BER ~1e-4: ~75 flipped bits in the
-93,728 weight bytes of cnn-s's 8-bit image) nearly every image likely changes one of the first layers, so the pass
-restarts near the input anyway (an expectation from the fault counts, not traced).
+A restart after every layer an image leaves unchanged (torch.fx cuts, the reference image's activations kept) was
+tried and removed: side by side it saved nothing on the main job's evaluate sweep (43.2 s against 42.8 s without it,
+docs/BENCHMARKS.md "Host evaluation sweep"), whose voltages (0.875 V/Vmin and below, BER >= 1.3e-3) fault nearly every
+layer. A plan's voltages are higher (BER 1e-5..2e-4 where the options certify): there cnn-s's first block (288
+weights, 2,304 bits) reads fault-free on 69-98% of chips, and it is the costliest block per MAC (32x32 maps).
 """
 
 from __future__ import annotations
@@ -63,7 +69,10 @@ class UnfoldConv2d(nn.Conv2d):
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
         oh, ow = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
         cols = nn.functional.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # (n, kh kw, oh ow)
-        return torch.matmul(weight.reshape(self.out_channels, -1), cols).view(n, self.out_channels, oh, ow)
+        # bmm over the batch, spelled out: torch.matmul may fold the batch into one (n oh ow, k) x (k, out) product
+        # (it does for a weight that requires grad), a different MKL kernel that sums in another order
+        w2 = weight.reshape(self.out_channels, -1).expand(n, -1, -1)
+        return torch.bmm(w2, cols).view(n, self.out_channels, oh, ow)
 
 
 def _unfoldable(m: nn.Module) -> bool:
@@ -97,8 +106,8 @@ class PooledBatchNorm2d(nn.BatchNorm2d):
     = relu(bn'(pool(s z))) bit for bit, bn' with weight s w and mean s m (s = the scale's sign per channel, the conv
     in front made s z). CPU eval BatchNorm is y = fl(fl(x alpha) + beta), alpha = w / sqrt(var + eps), beta =
     b - m alpha: with s w and s m, alpha' = s alpha and beta' = beta exactly, so bn'(s z) = bn(z) element for element;
-    bn' is then non-decreasing (alpha' >= 0, rounding is monotone) and ReLU is, so both commute with a maximum. BatchNorm
-    and ReLU then touch a quarter of the elements (2x2 pools: 41 of 411 ms per cnn-s pass, 1 thread)."""
+    bn' is then non-decreasing (alpha' >= 0, rounding is monotone) and ReLU is, so both commute with a maximum.
+    BatchNorm and ReLU then touch a quarter of the elements (2x2 pools: 41 of 411 ms per cnn-s pass, 1 thread)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = _channel_signs(self)
@@ -155,3 +164,48 @@ def fast_scoring_copy(model: nn.Module) -> nn.Module:
             setattr(seq, names[i + 3], nn.Identity())
             i += 4
     return fast
+
+
+class ResumableSequential(nn.Sequential):
+    """An nn.Sequential that can skip its first `cut` children on an input whose output there is known: `_resume`
+    (set by the caller around one pass, None otherwise) maps (data_ptr, shape) of an input batch to that output
+    (skip them) or to None (run them and record the output into `_record`). The skipped children are the same
+    computation on the same tensor, so the rest of the pass is the same bit for bit."""
+
+    cut = 0
+    _resume: dict | None = None
+    _record: dict | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        key = (x.data_ptr(), tuple(x.shape))
+        if self._resume is None or key not in self._resume:
+            return super().forward(x)
+        kids = list(self)
+        h = self._resume[key]
+        if h is None:
+            h = x
+            for m in kids[: self.cut]:
+                h = m(h)
+            if self._record is not None:
+                self._record[key] = h
+        for m in kids[self.cut:]:
+            h = m(h)
+        return h
+
+
+def resumable_features(fast: nn.Module) -> tuple[ResumableSequential, list[str]] | None:
+    """When `fast` (a fast_scoring_copy) has a `features` nn.Sequential opening with a reordered block (conv, pooled
+    BatchNorm, ReLU, the pool's Identity), that Sequential as a ResumableSequential cut after the block, and the
+    state-dict prefixes of the block's tensors; else None. The block's output is a quarter of its conv's (the pool
+    is inside), and its weights are few (cnn-s: 288 of 93,728): at the voltages a plan certifies most chips read
+    them fault-free (0.7 at BER 1.6e-4)."""
+    seq = getattr(fast, "features", None)
+    if type(seq) is not nn.Sequential or len(seq) < 5:
+        return None
+    kids, names = list(seq), [n for n, _ in seq.named_children()]
+    if not (isinstance(kids[0], SignedConv2d) and type(kids[1]) is PooledBatchNorm2d and type(kids[2]) is nn.ReLU
+            and type(kids[3]) is nn.Identity and isinstance(kids[4], nn.Conv2d)):
+        return None
+    seq.__class__ = ResumableSequential
+    seq.cut = 4
+    return seq, [f"features.{n}." for n in names[:4]]
