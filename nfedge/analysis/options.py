@@ -23,13 +23,17 @@ parity logic, a second supply rail for the nominal cells, SRAM area and leakage.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 from nfedge.analysis.energy import EnergyConfig, estimate_energy
+from nfedge.errors import NfedgeError
 from nfedge.sram.ecc import CELL_OVERHEAD, inject_ecc_faults
 from nfedge.sram.faults import InjectConfig, inject_faults
 from nfedge.sram.image import WeightImage
 from nfedge.sram.protect import PARITY_CELL_OVERHEAD, inject_msb_faults, inject_parity_faults
+from nfedge.train.checkpoint import load_torch_file
+from nfedge.train.eopm import GENERATOR_FORMAT
 
 BASE, ECC, PARITY = "base", "base+ECC", "base+parity"
 PROTECTIONS = ("none", "secded", "parity", "msb", "bits")
@@ -111,15 +115,33 @@ def build_options(generators: list[str], ecc: bool, parity: bool, msb: tuple[int
     return opts
 
 
+def vela_generator(bundle_dir: str) -> str | None:
+    """The generator architecture an Ethos-U bundle's Vela traffic was measured for (its host/generator.pt, read as
+    data with weights_only), or None for a bundle of the base model alone."""
+    path = Path(bundle_dir) / "host" / "generator.pt"
+    if not path.is_file():
+        return None
+    return str(load_torch_file(path, "the Vela bundle's generator checkpoint", GENERATOR_FORMAT)["generator"])
+
+
 def option_energy(o: Option, base: str, classes: int, calibration: str, input_shape: str, voltage: float, b: int,
-                  generator_arch: str | None) -> dict[str, Any]:
-    """ES (Eq. 6) and MAC-ES (Eq. 7) of option o at `voltage`, from `nfedge energy`'s counts and r there."""
+                  generator_arch: str | None, vela_bundle: str | None = None) -> dict[str, Any]:
+    """ES (Eq. 6) and MAC-ES (Eq. 7) of option o at `voltage`, from `nfedge energy`'s counts and r there. With
+    `vela_bundle` (an Ethos-U bundle, `nfedge energy --vela-bundle`), ES weighs Vela's weight bytes read per
+    inference (base, and the bundle's generator) instead of the closed form's accesses; MAC-ES is unchanged."""
     e = estimate_energy(EnergyConfig(base=base, generator=generator_arch, input=input_shape, classes=classes,
-                                     voltage=voltage, calibration=calibration))
+                                     voltage=voltage, calibration=calibration, vela_bundle=vela_bundle))
     f_low, f_nom = o.fractions(b)
     gw, gm = e["generator_weight_accesses"] or 0, e["generator_macs"] or 0
     bw, bm = e["base_weight_accesses"], e["base_macs"]
-    if (f_low, f_nom) == (1.0, 0.0):  # the unprotected model: exactly `nfedge energy`'s numbers
+    if vela_bundle is not None:
+        v = e["vela"]
+        if o.generator is not None and generator_arch != vela_generator(vela_bundle):
+            raise NfedgeError(f"the Vela bundle {vela_bundle} measured generator {vela_generator(vela_bundle)}, not "
+                              f"{generator_arch}: plan {o.generator} without --vela-bundle, or build its own bundle")
+        bv, gv = v["base_weight_read_bytes"], (v["generator_weight_read_bytes"] or 0) if o.generator else 0
+        es, mes = 1.0 - f_low * e["r"] - f_nom - gv / bv, 1.0 - f_low * e["r"] - f_nom - gm / bm
+    elif (f_low, f_nom) == (1.0, 0.0):  # the unprotected model: exactly `nfedge energy`'s numbers
         es, mes = e["energy_saving"], e["mac_energy_saving"]
     else:
         es, mes = 1.0 - f_low * e["r"] - f_nom - gw / bw, 1.0 - f_low * e["r"] - f_nom - gm / bm
@@ -128,4 +150,5 @@ def option_energy(o: Option, base: str, classes: int, calibration: str, input_sh
             "base_macs": bm, "generator_macs": e["generator_macs"],
             # word-equivalent accesses per inference and the energy of each (relative to one at nominal voltage)
             "accesses": {"low_voltage": f_low * bw, "nominal": f_nom * bw + gw},
-            "energy_per_access": {"low_voltage": e["r"], "nominal": 1.0}}
+            "energy_per_access": {"low_voltage": e["r"], "nominal": 1.0},
+            "weight_traffic": "vela" if vela_bundle is not None else "closed form"}

@@ -78,9 +78,10 @@ class PlanConfig(StageConfig):
     curve_drop: int = 20  # the curve's floors: CA, CA - 1, ..., CA - curve_drop
     curve_chips: int = 20  # the first (<= chips) search chips: an illustration, the ceil(q K)-th lowest, not certified
     batch_size: int = 256
+    vela_bundle: str | None = None  # an Ethos-U bundle: ES from Vela's weight bytes read (nfedge energy --vela-bundle)
 
     def validate(self) -> None:
-        EnergyConfig(base=self.base, generator=None, classes=self.classes)  # the same checks as `nfedge energy`
+        EnergyConfig(base=self.base, generator=None, classes=self.classes, vela_bundle=self.vela_bundle)  # the same checks as `nfedge energy`
         if self.floor is not None:
             require(_number(self.floor) and 0.0 <= self.floor <= 100.0, f"floor must be an accuracy in % (0..100), got {self.floor!r}")
         require(_number(self.floor_drop) and 0.0 <= self.floor_drop <= 100.0,
@@ -281,7 +282,7 @@ def plan_operating_points(model: nn.Module, image: WeightImage, test: tuple[torc
                   f"{1 - cfg.quantile:.0%} of chips at confidence {cfg.confidence}: rank {k_s} of {cfg.chips} search chips, "
                   f"at most {k_c - 1} of {cfg.confirm_chips} fresh chips below the floor; {len(options)} options")
     energy = {o.label: option_energy(o, cfg.base, cfg.classes, cfg.calibration, input_shape, hi, b,
-                                     generators[o.generator][0] if o.generator else None) for o in options}
+                                     generators[o.generator][0] if o.generator else None, cfg.vela_bundle) for o in options}
     rows = []
     for o in options:
         if o.nominal_only:  # nothing faults: every chip reads the clean b'-bit image
@@ -299,7 +300,7 @@ def plan_operating_points(model: nn.Module, image: WeightImage, test: tuple[torc
                        certified=False)
         else:
             row.update(option_energy(o, cfg.base, cfg.classes, cfg.calibration, input_shape, v, b,
-                                     generators[o.generator][0] if o.generator else None))
+                                     generators[o.generator][0] if o.generator else None, cfg.vela_bundle))
             row["search"] = _stats(sim.values(o, "val", v, chips), k_s, floor_val, cfg.quantile)
             row["certificate"] = _certify(sim, o, v, confirm, floor, n_test)
             row["certified"] = row["certificate"]["certified"]
@@ -359,7 +360,7 @@ def _fixed(sim: _Simulator, options: list[Option], v: float, confirm: list[int],
     for o in options:
         s = _stats(sim.values(o, "test", v, confirm), k, floor, cfg.quantile)
         e = option_energy(o, cfg.base, cfg.classes, cfg.calibration, input_shape, v, b,
-                          generators[o.generator][0] if o.generator else None)
+                          generators[o.generator][0] if o.generator else None, cfg.vela_bundle)
         rows.append({"option": o.label, "kind": o.kind, **s, "meets_floor": s["accuracy_at_rank"] >= floor,
                      "standard_error": standard_error(s["accuracy_at_rank"], images),
                      **{key: e[key] for key in ("ber", "r", "energy_saving", "mac_energy_saving")}})

@@ -72,6 +72,8 @@ def _default_run(field: str) -> ConfigDefault:
 @click.option("--no-ecc", is_flag=True, help="leave out the SECDED (72,64) option")
 @click.option("--ecc-uncorrectable", default=_default("ecc_uncorrectable"), show_default=True, type=str,
               help="a detected-uncorrectable ECC word: zero | keep (as read)")
+@click.option("--vela-bundle", type=click.Path(file_okay=False),
+              help="an Ethos-U bundle (`nfedge build --target ethos-u55-128`): ES from Vela's weight bytes read")
 @calibration_option
 @data_options
 @executor_option
@@ -83,8 +85,8 @@ def _default_run(field: str) -> ConfigDefault:
 @click.option("--table", type=click.Path(dir_okay=False), help="also write the Markdown table here")
 def plan_cmd(base_path, image_dir, generator_paths, floor, floor_drop, quantile, confidence, chips, confirm_chips,
              voltages, val_images, val_seed, no_parity, msb, fewer_bits, generator_msb, fault, v_min, v_max, tolerance,
-             no_ecc, ecc_uncorrectable, calibration, dataset, data_root, train_limit, test_limit, executor, as_json,
-             out, plot, plot_step, table):
+             no_ecc, ecc_uncorrectable, vela_bundle, calibration, dataset, data_root, train_limit, test_limit, executor,
+             as_json, out, plot, plot_step, table):
     """Lowest weight-SRAM voltage at which at least 1 - q of chips keep the floor with confidence c (searched on a
     validation split, certified on fresh chips and the test set), and the energy saving there, for every option."""
     from nfedge.analysis.plan import PlanConfig, plan_operating_points
@@ -109,7 +111,7 @@ def plan_cmd(base_path, image_dir, generator_paths, floor, floor_drop, quantile,
                      v_max=v_max, tolerance=tolerance, ecc=not no_ecc, ecc_uncorrectable=ecc_uncorrectable,
                      parity=not no_parity, generator_msb=generator_msb, voltages=tuple(voltages), calibration=calibration,
                      curve=plot is not None, curve_step=plot_step, curve_chips=min(chips, PlanConfig.curve_chips),
-                     **extra)
+                     vela_bundle=vela_bundle, **extra)
     dcfg = data_config(meta["meta"], dataset, data_root, train_limit, test_limit)
     _, test, _ = load_dataset(dcfg)
     from nfedge.analysis.split import base_training_data

@@ -107,3 +107,27 @@ def test_descriptor_and_summary_refusals():
     for text in ("", "a,b\n1,2\n", "cycles_npu\nfast\n"):
         with pytest.raises(NfedgeError, match="summary"):
             parse_summary(text, "summary")
+
+
+def test_the_planner_weighs_vela_weight_traffic(npu_bundle, tmp_path):
+    """plan --vela-bundle: each option's ES from Vela's weight bytes (the same as `nfedge energy --vela-bundle` for the
+    unprotected generator option), MSB cells at nominal on top; a generator the bundle did not measure is refused."""
+    from nfedge.analysis.options import Option, option_energy
+    from nfedge.train.eopm import save_generator
+
+    _, model, image, gen, progs = npu_bundle
+    save_generator(tmp_path / "g.pt", gen, "ConvT", 1, (32, 32), {})
+    b = build_for_target(BuildConfig(target="ethos-u55-128", mode="integer"), model, image, gen, tmp_path / "b",
+                         programs=progs, extra_files={"host/generator.pt": tmp_path / "g.pt"})
+    args = ("cnn-xs", 10, "sram-14nm", "1x32x32", 0.875, 6)
+    v = estimate_energy(EnergyConfig(base="cnn-xs", generator="ConvT", input="1x32x32", voltage=0.875,
+                                     vela_bundle=str(b.path)))
+    e = option_energy(Option("ConvT", "none", generator="ConvT", inputs="ConvT"), *args, "ConvT", str(b.path))
+    assert e["weight_traffic"] == "vela" and e["energy_saving"] == pytest.approx(v["vela"]["energy_saving"])
+    closed = option_energy(Option("ConvT", "none", generator="ConvT", inputs="ConvT"), *args, "ConvT")
+    assert closed["weight_traffic"] == "closed form" and closed["energy_saving"] != e["energy_saving"]
+    msb = option_energy(Option("base+MSB2", "msb", msb=2), *args, None, str(b.path))
+    assert msb["energy_saving"] == pytest.approx(1 - (4 / 6) * v["r"] - 2 / 6)
+    with pytest.raises(NfedgeError, match="measured generator ConvT, not UNetT") as err:
+        option_energy(Option("UNetT", "none", generator="UNetT", inputs="UNetT"), *args, "UNetT", str(b.path))
+    assert "\n" not in str(err.value)
