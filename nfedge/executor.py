@@ -239,6 +239,9 @@ class RayExecutor(Executor):
     kind = "ray"
 
     def __init__(self, cfg: ExecutorConfig) -> None:
+        # Ray's tqdm support replaces builtins.print in the driver process (for good) the first time a task's progress
+        # reaches it: the user's process must keep its own print. Read by Ray when that happens; the user may override.
+        os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
         try:
             import ray
         except ImportError:

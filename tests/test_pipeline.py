@@ -12,7 +12,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.emulator]
 TOY = {"base": {"model": "cnn-xs", "epochs": 1, "data": {"train_limit": 1500, "test_limit": 300}},
        "generators": ["ConvT", "UIP"], "eopm": {"max_steps": 3, "n_perturbed": 2, "batch_size": 16}, "chips": 2,
        "voltages": [1.0, 0.875, 0.833], "eval_limit": 200, "target_voltages": [0.833], "target_chips": 1,
-       "target_samples": 4, "plan": {"chips": 5, "confirm_chips": 2, "test_limit": 100, "curve_step": 0.05}}
+       "target_samples": 4, "plan": {"chips": 5, "confirm_chips": 5, "quantile": 0.2, "confidence": 0.6, "test_limit": 100,
+                "val_images": 100, "curve_step": 0.05, "parity": False, "msb": [], "fewer_bits": [],
+                "generator_msb": 0, "voltages": []}}
 
 
 @pytest.fixture(scope="module")

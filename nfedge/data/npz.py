@@ -122,6 +122,8 @@ def _read_archive(f, path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.nd
         npz = np.load(f, allow_pickle=False)
     except _READ_ERRORS as e:  # not a zip, a pickle (refused), an empty file
         detail = (str(e).splitlines() or [type(e).__name__])[0]
+        if "pickle" in detail.lower():  # numpy's wording differs between versions: say it in ours
+            detail = "This file contains pickled (object) data, which nfedge never unpickles"
         raise NfedgeError(f"cannot read npz file {shown(path)}: {detail}") from None
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise NfedgeError(f"{shown(path)} is a single .npy array, expected an .npz archive ({NPZ_EXPECTED})")

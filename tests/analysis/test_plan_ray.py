@@ -3,6 +3,7 @@ local processes and on a local Ray; the JSON equal, one progress bar per sweep a
 
 import dataclasses
 import json
+import os
 import warnings
 
 import pytest
@@ -52,6 +53,7 @@ class _Counting(Progress):
 def local_ray():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # Ray's note about accelerator variables
+        os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")  # Ray must not replace this process's print
         ray.init(num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False, logging_level="ERROR")
     yield
     ray.shutdown()

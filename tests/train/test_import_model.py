@@ -377,8 +377,8 @@ def test_malformed_user_target_is_one_line_naming_file_and_field(tmp_path, check
 
 def test_image_larger_than_the_user_targets_region(tmp_path, checkpoint):
     _quantize(checkpoint, tmp_path / "img")
-    r = nfedge("build", "--target", user_target(tmp_path, ram=0x80000, image=0x800), "--base", checkpoint,
-               "--image", tmp_path / "img", "--out", tmp_path / "b")
+    r = nfedge("build", "--target", user_target(tmp_path, ram=0x80000, image=0x800), "--mode", "weight-only",
+               "--base", checkpoint, "--image", tmp_path / "img", "--out", tmp_path / "b")
     assert_one_line_error(r, "does not fit target my-board: the weight image is 6152 bytes but its image region "
                              "ISRAM1 holds 2048 bytes")
     assert not (tmp_path / "b").exists()
@@ -428,7 +428,9 @@ def test_run_with_own_checkpoint_and_table(tmp_path, user):
     conf = {"base_checkpoint": str(ckpt), "calibration": str(table), "base": {"data": {"train_limit": 64, "test_limit": 40}},
             "generators": ["UIP"], "eopm": {"max_steps": 2, "n_perturbed": 2, "batch_size": 8}, "chips": 2,
             "voltages": [1.0, 0.85], "eval_limit": 40, "target": "none",
-            "plan": {"chips": 5, "confirm_chips": 0, "test_limit": 40, "curve_step": 0.05}}
+            "plan": {"chips": 5, "confirm_chips": 5, "quantile": 0.2, "confidence": 0.6, "test_limit": 40,
+                     "curve_step": 0.05, "parity": False, "msb": [], "fewer_bits": [], "generator_msb": 0,
+                     "voltages": []}}
     (tmp_path / "run.json").write_text(json.dumps(conf))
     cfg = load_run_config(tmp_path / "run.json")
     r = run_pipeline(cfg, tmp_path / "out", progress=QUIET)

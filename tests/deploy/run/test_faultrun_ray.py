@@ -3,6 +3,7 @@ the emulator processes run from this process, one progress bar; a run that fails
 
 import dataclasses
 import json
+import os
 import warnings
 
 import pytest
@@ -29,6 +30,7 @@ class _Bars(Progress):
 def local_ray():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # Ray's note about accelerator variables
+        os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")  # Ray must not replace this process's print
         ray.init(num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False, logging_level="ERROR")
     yield
     ray.shutdown()
