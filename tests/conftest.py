@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -71,3 +73,16 @@ def fr_bundle(tmp_path_factory):
                    "--out", d / "bundle")
     assert r.returncode == 0, r.stderr[-2000:]
     return d
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray of 2 CPUs and a small object store (the machine is shared), shut down after the module."""
+    import ray
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # Ray's note about accelerator variables
+        os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")  # Ray must not replace this process's print
+        ray.init(num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()

@@ -6,7 +6,6 @@ import signal
 import sys
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import pytest
@@ -22,16 +21,6 @@ from nfedge.sram.image import build_image
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import this test module
 
-
-@pytest.fixture(scope="module")
-def local_ray():
-    """A local Ray of 2 CPUs and a small object store (the machine is shared), shut down after the module."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # Ray's note about accelerator variables
-        os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")  # Ray must not replace this process's print
-        ray.init(num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
 
 
 def _scaled(ctx, item):

@@ -3,11 +3,8 @@ local processes and on a local Ray; the JSON equal, one progress bar per sweep a
 
 import dataclasses
 import json
-import os
-import warnings
 
 import pytest
-import ray
 import torch
 
 from nfedge.analysis.evaluate import EvaluateConfig, evaluate
@@ -48,15 +45,6 @@ class _Counting(Progress):
     def info(self, message):
         pass
 
-
-@pytest.fixture(scope="module")
-def local_ray():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # Ray's note about accelerator variables
-        os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")  # Ray must not replace this process's print
-        ray.init(num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,8 @@ the emulator processes run from this process, one progress bar; a run that fails
 
 import dataclasses
 import json
-import os
-import warnings
 
 import pytest
-import ray
 
 from nfedge.deploy.run.faultrun import FaultrunConfig, faultrun
 from nfedge.errors import NfedgeError
@@ -25,15 +22,6 @@ class _Bars(Progress):
         self.opened.append(desc)
         return super().manual(desc, total, unit)
 
-
-@pytest.fixture(scope="module")
-def local_ray():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # Ray's note about accelerator variables
-        os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")  # Ray must not replace this process's print
-        ray.init(num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
 
 
 def test_faultrun_is_the_same_on_ray(fr_bundle, local_ray):
