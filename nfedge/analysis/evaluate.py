@@ -12,6 +12,7 @@ import collections
 import dataclasses
 import hashlib
 import itertools
+import warnings
 from typing import Any
 
 import numpy as np
@@ -167,6 +168,9 @@ def _checked_fast_copy(model: nn.Module, inputs: list[torch.Tensor], batch_size:
     scoring_copy(model)."""
     fast, plain = fast_scoring_copy(model), scoring_copy(model)
     same = all(torch.equal(fast(x[:batch_size]), plain(x[:batch_size])) for x in inputs if len(x))
+    if not same:  # the same numbers either way, but the speed-up is lost: say so, by name
+        warnings.warn(f"scorer: the fast copy of {type(model).__name__} (pool before BatchNorm, unfold first conv) "
+                      "gives other logits on this CPU; scoring with the plain copy (same numbers, slower)", stacklevel=2)
     return fast if same else plain
 
 
