@@ -7,6 +7,7 @@ import json
 import click
 
 from nfedge.cli.common import (
+    ConfigDefault,
     calibration_option,
     cli,
     data_config,
@@ -15,6 +16,10 @@ from nfedge.cli.common import (
     mode_option,
 )
 from nfedge.errors import NfedgeError
+
+
+def _default(field: str) -> ConfigDefault:
+    return ConfigDefault("nfedge.train.base", f"TrainBaseConfig.{field}")
 
 
 @cli.command("train-base")
@@ -29,17 +34,22 @@ from nfedge.errors import NfedgeError
 @mode_option
 @click.option("--integer-epochs", default=1, show_default=True, type=int,
               help="integer mode: epochs through the integer twin after the activation ranges are frozen")
+@click.option("--robust", default=_default("robust"), show_default=True, type=str,
+              help="none | clip (weights clamped) | randbet (clip + random bit error training, Stutz et al.)")
+@click.option("--clip", default=_default("clip"), show_default=True, type=float, help="--robust: weight bound w_max")
+@click.option("--robust-ber", default=_default("robust_ber"), show_default=True, type=float,
+              help="--robust randbet: probability a stored bit is flipped in training")
 @data_options
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="run directory (base.pt, config.json)")
-def train_base_cmd(model, bits, per_channel, epochs, batch_size, lr, seed, device, mode, integer_epochs, dataset,
-                   data_root, train_limit, test_limit, out):
+def train_base_cmd(model, bits, per_channel, epochs, batch_size, lr, seed, device, mode, integer_epochs, robust, clip,
+                   robust_ber, dataset, data_root, train_limit, test_limit, out):
     """Train a base classifier with quantization-aware training; resumes an interrupted run."""
     from nfedge.train.base import TrainBaseConfig, train_base
 
     data = data_config(None, dataset, data_root, train_limit, test_limit)
     cfg = TrainBaseConfig(model=model, data=data, bits=bits, per_channel=per_channel, epochs=epochs,
                           batch_size=batch_size, lr=lr, seed=seed, device=device, mode=mode,
-                          integer_epochs=integer_epochs)
+                          integer_epochs=integer_epochs, robust=robust, clip=clip, robust_ber=robust_ber)
     path = train_base(cfg, out)
     click.echo(f"wrote {path}", err=True)
 

@@ -29,6 +29,7 @@ from nfedge.quant import check_bits, fake_quantized_weights
 from nfedge.runtime import batches, pick_device, seed_everything, seeded_subset
 from nfedge.sram.image import build_image
 from nfedge.train.checkpoint import atomic_torch_save, checkpoint_bytes
+from nfedge.train.robust import ROBUST_METHODS, bit_error_weights, clip_weights_
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +51,11 @@ class TrainBaseConfig(StageConfig):
     integer_epochs: int = 1
     integer_lr_factor: float = 0.1
     calib_images: int = 512
+    # robust retraining (nfedge.train.robust, Stutz et al. MLSys 2021): none | clip (weights clamped to
+    # [-clip, clip] after each step) | randbet (clip, plus CE on the weights with random bit errors at robust_ber)
+    robust: str = "none"
+    clip: float = 0.1  # w_max, in weight units (Stutz et al.'s CIFAR-10 value)
+    robust_ber: float = 0.01  # randbet: probability that a stored bit reads flipped, per step (their p = 1%)
 
     def validate(self) -> None:
         require(self.model in BASE_MODELS, f"unknown base model {self.model!r}; known: {', '.join(BASE_MODELS.names())}")
@@ -58,6 +64,11 @@ class TrainBaseConfig(StageConfig):
         require(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         require(self.integer_epochs >= 0 and self.integer_lr_factor > 0 and self.calib_images >= 1,
                 "integer_epochs >= 0, integer_lr_factor > 0 and calib_images >= 1 are required")
+        require(self.robust in ROBUST_METHODS, f"robust must be one of {', '.join(ROBUST_METHODS)}, got {self.robust!r}")
+        require(isinstance(self.clip, (int, float)) and 0 < self.clip < float("inf"),
+                f"clip must be a positive weight bound, got {self.clip!r}")
+        require(isinstance(self.robust_ber, (int, float)) and 0 < self.robust_ber < 0.5,
+                f"robust_ber must be a bit error rate in (0, 0.5), got {self.robust_ber!r}")
 
 
 def qat_logits(model: torch.nn.Module, x: torch.Tensor, bits: int, per_channel: bool) -> torch.Tensor:
@@ -97,6 +108,10 @@ def _train(cfg: TrainBaseConfig, out: Path, device: torch.device, gen: torch.Gen
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     history: list[dict[str, float]] = []
     start = 0
+    # the bit errors of randbet come from their own stream: shuffling is the same as without them
+    errors = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    if cfg.robust != "none":
+        clip_weights_(model, cfg.clip)
     resume = out / "resume.pt"
     if resume.is_file():
         state = torch.load(resume, map_location=device, weights_only=True)  # data only, even in our own folder
@@ -105,6 +120,7 @@ def _train(cfg: TrainBaseConfig, out: Path, device: torch.device, gen: torch.Gen
             opt.load_state_dict(state["opt"])
             sched.load_state_dict(state["sched"])
             gen.set_state(state["gen"])
+            errors.set_state(state["errors"])
             history, start = state["history"], state["epoch"]
             progress.info(f"resuming {cfg.model} from epoch {start}")
     for epoch in range(start, cfg.epochs):
@@ -114,10 +130,15 @@ def _train(cfg: TrainBaseConfig, out: Path, device: torch.device, gen: torch.Gen
         for x, y in batches(train, cfg.batch_size, shuffle=True, generator=gen):
             x, y = x.to(device), y.to(device)
             loss = F.cross_entropy(qat_logits(model, x, cfg.bits, cfg.per_channel), y)
+            if cfg.robust == "randbet":
+                w = bit_error_weights(model, cfg.bits, cfg.per_channel, cfg.robust_ber, errors)
+                loss = loss + F.cross_entropy(torch.func.functional_call(model, w, (x,)), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
+            if cfg.robust != "none":
+                clip_weights_(model, cfg.clip)
             total, n = total + float(loss.detach()) * len(x), n + len(x)
             bar.update(len(x))
         bar.close()
@@ -125,7 +146,8 @@ def _train(cfg: TrainBaseConfig, out: Path, device: torch.device, gen: torch.Gen
         history.append({"epoch": epoch + 1, "train_loss": total / n, "test_accuracy": acc})
         progress.info(f"epoch {epoch + 1}: loss {total / n:.4f}, test accuracy ({cfg.bits}-bit) {acc:.4f}")
         atomic_torch_save(resume, {"config_hash": cfg.config_hash(), "model": model.state_dict(), "opt": opt.state_dict(),
-                    "sched": sched.state_dict(), "gen": gen.get_state(), "history": history, "epoch": epoch + 1})
+                                   "sched": sched.state_dict(), "gen": gen.get_state(), "errors": errors.get_state(),
+                                   "history": history, "epoch": epoch + 1})
     meta = {"config": cfg.to_dict(), "history": history, "test_accuracy": history[-1]["test_accuracy"],
             "dataset": dataclasses.asdict(info)}
     if cfg.mode == "integer":
@@ -157,6 +179,8 @@ def integer_qat(model: torch.nn.Module, train, test, cfg: TrainBaseConfig, gen: 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if cfg.robust != "none":  # the bound holds in the deployed weights too (no bit errors in these epochs)
+                clip_weights_(model, cfg.clip)
             bar.update(len(x))
         bar.close()
     with torch.no_grad():
