@@ -27,6 +27,11 @@ def headline(result: dict[str, Any]) -> list[str]:
                    f"{cert['standard_error']:.2f} (binomial s.e. of its images)).")
     else:
         out.append(f"**No option is certified** at this floor ({claim} was not shown for any option).")
+    if "winner_with_retraining" in result and result["winner_with_retraining"] != result["winner"]:
+        w = result["winner_with_retraining"]
+        out.append(f"Where the base model may be retrained: **{w}**" + (
+            f" at {rows[w]['voltage']:.4f} V/Vmin saves {_pct(rows[w]['energy_saving'])}, certified the same way."
+            if w else ": no retrained option is certified either."))
     s = result["searched_winner"]
     if s and s != result["winner"] and not rows[s]["certified"]:
         r = rows[s]
@@ -85,7 +90,9 @@ def plan_markdown(result: dict[str, Any]) -> str:
         lines += ["", f"At fixed {f['voltage']} V/Vmin (BER {f['ber']:.3g}): rank-{c['fresh_rank']} of "
                       f"{cfg['confirm_chips']} fresh chips on the test images (at least {1 - cfg['quantile']:.0%} of chips "
                       f"at or above it, confidence {c['fresh_confidence']:.3f}); best meeting the floor: "
-                      f"{f['best_meeting_floor'] or 'none'}", "",
+                      f"{f['best_meeting_floor'] or 'none'}"
+                      + (f"; with retraining: {f['best_meeting_floor_with_retraining'] or 'none'}"
+                         if "best_meeting_floor_with_retraining" in f else ""), "",
                   "| rank | option | certified acc | mean | worst | ES (Eq. 6) | MAC-ES | meets floor |",
                   "|---|---|---|---|---|---|---|---|"]
         for i, r in enumerate(f["options"], 1):

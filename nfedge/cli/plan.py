@@ -5,6 +5,8 @@ docs/PLANNER.md."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 from click.core import ParameterSource
 
@@ -45,6 +47,8 @@ def _default_run(field: str) -> ConfigDefault:
 @click.option("--base", "base_path", required=True, help="base checkpoint (.pt)")
 @click.option("--image", "image_dir", required=True, help="its clean memory image")
 @click.option("--generator", "generator_paths", multiple=True, help="generator checkpoint (repeat; each is an option)")
+@click.option("--retrained", "retrained_paths", multiple=True,
+              help="a retrained base checkpoint (`train-base --robust`; repeat): an option only where you may retrain")
 @click.option("--floor", type=float, help="accuracy floor in % (absolute)")
 @click.option("--floor-drop", default=_default("floor_drop"), show_default=True, type=float,
               help="or the floor as points below the base model's CA")
@@ -83,7 +87,7 @@ def _default_run(field: str) -> ConfigDefault:
 @click.option("--plot-step", default=_default("curve_step"), show_default=True, type=float,
               help="the plot's voltage grid, V/Vmin")
 @click.option("--table", type=click.Path(dir_okay=False), help="also write the Markdown table here")
-def plan_cmd(base_path, image_dir, generator_paths, floor, floor_drop, quantile, confidence, chips, confirm_chips,
+def plan_cmd(base_path, image_dir, generator_paths, retrained_paths, floor, floor_drop, quantile, confidence, chips, confirm_chips,
              voltages, val_images, val_seed, no_parity, msb, fewer_bits, generator_msb, fault, v_min, v_max, tolerance,
              no_ecc, ecc_uncorrectable, vela_bundle, calibration, dataset, data_root, train_limit, test_limit, executor,
              as_json, out, plot, plot_step, table):
@@ -96,6 +100,8 @@ def plan_cmd(base_path, image_dir, generator_paths, floor, floor_drop, quantile,
     from nfedge.data import DataConfig
     from nfedge.data import load_dataset
     from nfedge.fileio import sha256_file
+    from nfedge.analysis.plan_retrained import plan_retrained, retrained_image, retrained_label
+    from nfedge.train.checkpoint import load_checkpoint
     from nfedge.train.eopm import load_generator
 
     drop_given = click.get_current_context().get_parameter_source("floor_drop") is ParameterSource.COMMANDLINE
@@ -126,9 +132,20 @@ def plan_cmd(base_path, image_dir, generator_paths, floor, floor_drop, quantile,
         files[label] = {"path": str(path), "sha256": sha256_file(path)}
         if (gmeta.get("meta") or {}).get("data"):  # `nfedge train` records its data; the run's use the base's
             trained_on.append(DataConfig.from_dict(gmeta["meta"]["data"]))
+    retrained = []
+    for path in retrained_paths:
+        r_model, r_meta = load_checkpoint(path)
+        if int(r_meta["num_classes"]) != cfg.classes:
+            raise NfedgeError(f"retrained base {path} has {r_meta['num_classes']} classes, the base {cfg.classes}")
+        label = retrained_label(r_meta, Path(path).stem)
+        if label in {lab for lab, *_ in retrained}:
+            label = f"retrained {path}"
+        retrained.append((label, r_model, retrained_image(r_model, image), path))
+        trained_on.append(base_training_data(r_meta))
     val, split = None, None
-    if val_images and base_data is None:  # never a silent overlap: the search then runs on the test images, recorded
-        DEFAULT.info(f"plan: {base_path} was not trained by nfedge (its training images are unknown): no validation "
+    if val_images and None in trained_on:  # never a silent overlap: the search then runs on the test images, recorded
+        unknown = base_path if base_data is None else "a retrained base"
+        DEFAULT.info(f"plan: {unknown} was not trained by nfedge (its training images are unknown): no validation "
                      "split; the voltage is searched on the test images")
     elif val_images:
         val, split = validation_split(dcfg, trained_on, val_images, val_seed)
@@ -137,8 +154,11 @@ def plan_cmd(base_path, image_dir, generator_paths, floor, floor_drop, quantile,
     with open_executor(executor) as ex:
         r = plan_operating_points(model, image, test.tensors, cfg, generators=gens, validation=val, split_record=split,
                                   executor=ex)
+        for label, r_model, r_image, _ in retrained:
+            r = plan_retrained(r, label, r_model, r_image, test.tensors, cfg, val, split, ex)
     r["inputs"] = {"base": {"path": str(base_path), "sha256": sha256_file(base_path)}, "image": str(image_dir),
-                   "generators": files, "data": dcfg.to_dict()}
+                   "generators": files, "data": dcfg.to_dict(),
+                   "retrained": {label: {"path": str(p), "sha256": sha256_file(p)} for label, _, _, p in retrained}}
     md = plan_markdown(r)
     written = {table: (md + "\n").encode()} if table else {}
     if plot:
