@@ -47,16 +47,19 @@ def retrained_image(model: nn.Module, image: WeightImage) -> WeightImage:
 
 def plan_retrained(plan: dict[str, Any], label: str, model: nn.Module, image: WeightImage,
                    test: tuple[torch.Tensor, torch.Tensor], cfg: PlanConfig, validation=None, split_record=None,
-                   executor: Executor | None = None, progress: Progress = DEFAULT) -> dict[str, Any]:
+                   executor: Executor | None = None, progress: Progress = DEFAULT, score=None, val_score=None
+                   ) -> dict[str, Any]:
     """`plan` (a plan_operating_points result made with `cfg`) with the retrained `model` (reading `image`, from
-    retrained_image) added as option `label`; the merged plan is returned, `plan` is left as it was."""
+    retrained_image) added as option `label`; the merged plan is returned, `plan` is left as it was. `score` /
+    `val_score`: ImageScorers of `model` on the test and validation images, shared between plans."""
     taken = {r["option"] for r in plan["options"]}
     require(label not in taken, f"a retrained base cannot be labelled {label!r} (an option's name)")
     sub_cfg = dataclasses.replace(cfg, floor=plan["floor"], ecc=False, parity=False, msb=(), fewer_bits=(),
                                   generator_msb=0, curve=False)
     progress.info(f"plan: {label} (retrained base), at the floor {plan['floor']:.2f}%")
     sub = plan_operating_points(model, image, test, sub_cfg, progress=progress, validation=validation,
-                                split_record=split_record, executor=executor, floor_above_ca=True)
+                                split_record=split_record, executor=executor, floor_above_ca=True, score=score,
+                                val_score=val_score)
     return merge_retrained(plan, label, sub)
 
 
