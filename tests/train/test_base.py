@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from nfedge.data import DataConfig
@@ -18,8 +19,10 @@ def test_train_base_learns_and_saves_config(tmp_path):
     assert (tmp_path / "config.json").is_file() and not (tmp_path / "resume.pt").exists()
 
 
-def test_train_base_resumes_after_interruption(tmp_path, monkeypatch):
-    cfg = TrainBaseConfig(model="cnn-xs", epochs=2, batch_size=64, data=DataConfig(train_limit=1000, test_limit=200))
+@pytest.mark.parametrize("robust", ["none", "randbet"])  # randbet: its bit-error stream resumes too
+def test_train_base_resumes_after_interruption(tmp_path, monkeypatch, robust):
+    cfg = TrainBaseConfig(model="cnn-xs", epochs=2, batch_size=64, data=DataConfig(train_limit=1000, test_limit=200),
+                          robust=robust, clip=0.05, robust_ber=0.02)
     straight = train_base(cfg, tmp_path / "straight", progress=QUIET)
 
     import nfedge.train.base as tb
