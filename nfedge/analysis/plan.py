@@ -266,8 +266,9 @@ def plan_operating_points(model: nn.Module, image: WeightImage, test: tuple[torc
     clean_val = {o.label: val_score.accuracy(images[o.bits or 0], o.inputs) for o in options}
     ca, ca_val = clean[BASE], clean_val[BASE]
     floor = float(cfg.floor) if cfg.floor is not None else ca - cfg.floor_drop
-    require(floor <= ca or floor_above_ca, f"accuracy floor {floor:.2f}% is above the base model's clean accuracy (CA {ca:.2f}%): "
-                         "no voltage can meet it")
+    require(floor <= ca or floor_above_ca,
+            f"accuracy floor {floor:.2f}% is above the base model's clean accuracy (CA {ca:.2f}%): "
+            "no voltage can meet it")
     shift = ca_val - ca  # the search's floor: the same drop below the validation split's clean accuracy
     floor_val = floor + shift
     chips = list(range(cfg.chips))

@@ -87,10 +87,10 @@ def _default_run(field: str) -> ConfigDefault:
 @click.option("--plot-step", default=_default("curve_step"), show_default=True, type=float,
               help="the plot's voltage grid, V/Vmin")
 @click.option("--table", type=click.Path(dir_okay=False), help="also write the Markdown table here")
-def plan_cmd(base_path, image_dir, generator_paths, retrained_paths, floor, floor_drop, quantile, confidence, chips, confirm_chips,
-             voltages, val_images, val_seed, no_parity, msb, fewer_bits, generator_msb, fault, v_min, v_max, tolerance,
-             no_ecc, ecc_uncorrectable, vela_bundle, calibration, dataset, data_root, train_limit, test_limit, executor,
-             as_json, out, plot, plot_step, table):
+def plan_cmd(base_path, image_dir, generator_paths, retrained_paths, floor, floor_drop, quantile, confidence, chips,
+             confirm_chips, voltages, val_images, val_seed, no_parity, msb, fewer_bits, generator_msb, fault, v_min, v_max,
+             tolerance, no_ecc, ecc_uncorrectable, vela_bundle, calibration, dataset, data_root, train_limit, test_limit,
+             executor, as_json, out, plot, plot_step, table):
     """Lowest weight-SRAM voltage at which at least 1 - q of chips keep the floor with confidence c (searched on a
     validation split, certified on fresh chips and the test set), and the energy saving there, for every option."""
     from nfedge.analysis.plan import PlanConfig, plan_operating_points
