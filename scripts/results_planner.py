@@ -31,7 +31,7 @@ import torch
 
 from nfedge.analysis.evaluate import ImageScorer
 from nfedge.analysis.plan import PlanConfig, plan_operating_points
-from nfedge.analysis.plan_retrained import RETRAINED, plan_retrained, retrained_image, retrained_label
+from nfedge.analysis.plan_retrained import RETRAINED, load_retrained, plan_retrained
 from nfedge.analysis.plan_plot import write_plot
 from nfedge.analysis.plan_table import plan_markdown
 from nfedge.analysis.split import base_training_data, validation_split
@@ -114,18 +114,16 @@ def main() -> None:
     plot_drop = 2.0 if 2.0 in a.floor_drops else a.floor_drops[0]
     score = ImageScorer(model, (x, y), {g: m for g, (_, m) in gens.items()}, 256)
     trained = base_training_data(meta)
-    retrained, trained_on = [], [trained]
-    for path in a.retrained:
-        r_model, r_meta = load_checkpoint(path)
-        retrained.append((retrained_label(r_meta, Path(path).stem), r_model, retrained_image(r_model, image)))
-        trained_on.append(base_training_data(r_meta))
-        if trained_on[-1] is None:
-            raise SystemExit(f"results_planner: {path} was not trained by nfedge: its training images are unknown")
+    retrained = load_retrained(a.retrained, image, int(meta["num_classes"]))
+    trained_on = [trained, *(r.trained_on for r in retrained)]
+    for r in retrained:
+        if r.trained_on is None:
+            raise SystemExit(f"results_planner: {r.path} was not trained by nfedge: its training images are unknown")
     val, split = (validation_split(cfg.base.data, trained_on, a.val_images, 0) if trained and a.val_images
                   else (None, None))
     val_score = ImageScorer(model, val, {g: m for g, (_, m) in gens.items()}, 256) if val else None
-    r_scores = {label: (ImageScorer(m, (x, y), {}, 256), ImageScorer(m, val, {}, 256) if val else None)
-                for label, m, _ in retrained}
+    r_scores = {r.label: (ImageScorer(r.model, (x, y), {}, 256), ImageScorer(r.model, val, {}, 256) if val else None)
+                for r in retrained}
     t0 = time.time()
     plans, timing = {}, {}
     for fault in a.faults:
@@ -141,9 +139,9 @@ def main() -> None:
             t = time.time()
             r = plan_operating_points(model, image, (x, y), pcfg, generators=gens, progress=DEFAULT, score=score,
                                       validation=val, val_score=val_score, split_record=split)
-            for label, r_model, r_image in retrained:
-                r = plan_retrained(r, label, r_model, r_image, (x, y), pcfg, val, split, progress=DEFAULT,
-                                   score=r_scores[label][0], val_score=r_scores[label][1])
+            for rt in retrained:
+                r = plan_retrained(r, rt.label, rt.model, rt.image, (x, y), pcfg, val, split, progress=DEFAULT,
+                                   score=r_scores[rt.label][0], val_score=r_scores[rt.label][1])
             r["seconds"] = timing[stem] = time.time() - t
             r["inputs"] = {"run": str(run), "base": str(base_dir / "base.pt"), "image": str(image_dir / "image")}
             atomic_write_json(out / f"{stem}.json", r)

@@ -22,7 +22,6 @@ from nfedge.sram.image import build_image
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import this test module
 
 
-
 def _scaled(ctx, item):
     return ctx["k"] * item
 

@@ -45,7 +45,7 @@ from nfedge.sram.image import WeightImage, build_image
 
 PLAN_FORMAT = "nfedge-plan"
 _DIGITS = 9  # voltages are rounded to 1e-9 V/Vmin: cache keys, and the exact value handed to inject_faults
-__all__ = ["BASE", "ECC", "PLAN_FORMAT", "PlanConfig", "plan_operating_points", "search_voltage"]
+__all__ = ["BASE", "ECC", "PLAN_FORMAT", "PlanConfig", "plan_operating_points", "rank_at_voltage", "search_voltage"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -367,7 +367,13 @@ def _fixed(sim: _Simulator, options: list[Option], v: float, confirm: list[int],
         rows.append({"option": o.label, "kind": o.kind, **s, "meets_floor": s["accuracy_at_rank"] >= floor,
                      "standard_error": standard_error(s["accuracy_at_rank"], images),
                      **{key: e[key] for key in ("ber", "r", "energy_saving", "mac_energy_saving")}})
-    rows.sort(key=lambda r: (-r["accuracy_at_rank"], -r["energy_saving"]))
+    rows, best = rank_at_voltage(rows)
+    return {"voltage": v, "ber": rows[0]["ber"] if rows else None, "options": rows, "best_meeting_floor": best}
+
+
+def rank_at_voltage(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | None]:
+    """A fixed voltage's rows ranked by certified accuracy, then ES; and the option with the largest ES of those
+    meeting the floor (None: none does)."""
+    rows = sorted(rows, key=lambda r: (-r["accuracy_at_rank"], -r["energy_saving"]))
     meeting = [r for r in rows if r["meets_floor"]]
-    return {"voltage": v, "ber": rows[0]["ber"] if rows else None, "options": rows,
-            "best_meeting_floor": max(meeting, key=lambda r: r["energy_saving"])["option"] if meeting else None}
+    return rows, max(meeting, key=lambda r: r["energy_saving"])["option"] if meeting else None

@@ -14,16 +14,20 @@ fixed voltage's "best_meeting_floor") stays the best option without retraining; 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
-from nfedge.analysis.plan import PlanConfig, plan_operating_points
+from nfedge.analysis.plan import PlanConfig, plan_operating_points, rank_at_voltage
+from nfedge.analysis.split import base_training_data
 from nfedge.config import require
+from nfedge.data import DataConfig
 from nfedge.executor import Executor
 from nfedge.progress import DEFAULT, Progress
 from nfedge.sram.image import WeightImage, build_image
+from nfedge.train.checkpoint import load_checkpoint
 
 RETRAINED = "retrained"
 
@@ -43,6 +47,28 @@ def retrained_image(model: nn.Module, image: WeightImage) -> WeightImage:
     require([(t.name, tuple(t.shape)) for t in new.manifest.tensors] == shapes,
             "a retrained base must have the original's weight tensors and shapes (the same cells, one energy model)")
     return new
+
+
+class Retrained(NamedTuple):
+    label: str
+    model: nn.Module
+    image: WeightImage  # at the original image's bits and granularity (retrained_image)
+    trained_on: DataConfig | None  # its training images (None: not trained by nfedge, unknown)
+    path: str
+
+
+def load_retrained(paths: list[str], image: WeightImage, classes: int) -> list[Retrained]:
+    """Each retrained base checkpoint (read as data, weights_only) with its option label and clean image."""
+    out: list[Retrained] = []
+    for path in paths:
+        model, meta = load_checkpoint(path)
+        require(int(meta["num_classes"]) == classes,
+                f"retrained base {path} has {meta['num_classes']} classes, the base {classes}")
+        label = retrained_label(meta, Path(path).stem)
+        if label in {r.label for r in out}:
+            label = f"retrained {path}"
+        out.append(Retrained(label, model, retrained_image(model, image), base_training_data(meta), str(path)))
+    return out
 
 
 def plan_retrained(plan: dict[str, Any], label: str, model: nn.Module, image: WeightImage,
@@ -71,11 +97,8 @@ def merge_retrained(plan: dict[str, Any], label: str, sub: dict[str, Any]) -> di
     row = {**sub["options"][0], "option": label, "kind": RETRAINED, "image_sha256": sub["image_sha256"]}
     out["options"].append(row)
     for f, g in zip(plan["fixed_voltages"], sub["fixed_voltages"]):
-        rows = [*f["options"], {**g["options"][0], "option": label, "kind": RETRAINED}]
-        rows.sort(key=lambda r: (-r["accuracy_at_rank"], -r["energy_saving"]))
-        meeting = [r for r in rows if r["meets_floor"]]
-        out["fixed_voltages"].append({**f, "options": rows, "best_meeting_floor_with_retraining": max(
-            meeting, key=lambda r: r["energy_saving"])["option"] if meeting else None})
+        rows, best = rank_at_voltage([*f["options"], {**g["options"][0], "option": label, "kind": RETRAINED}])
+        out["fixed_voltages"].append({**f, "options": rows, "best_meeting_floor_with_retraining": best})
     certified = [r for r in out["options"] if r["certified"]]
     out["winner_with_retraining"] = max(certified, key=lambda r: r["energy_saving"])["option"] if certified else None
     out["retrained"] = {**plan.get("retrained", {}),

@@ -5,8 +5,6 @@ docs/PLANNER.md."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 from click.core import ParameterSource
 
@@ -100,8 +98,7 @@ def plan_cmd(base_path, image_dir, generator_paths, retrained_paths, floor, floo
     from nfedge.data import DataConfig
     from nfedge.data import load_dataset
     from nfedge.fileio import sha256_file
-    from nfedge.analysis.plan_retrained import plan_retrained, retrained_image, retrained_label
-    from nfedge.train.checkpoint import load_checkpoint
+    from nfedge.analysis.plan_retrained import load_retrained, plan_retrained
     from nfedge.train.eopm import load_generator
 
     drop_given = click.get_current_context().get_parameter_source("floor_drop") is ParameterSource.COMMANDLINE
@@ -132,16 +129,8 @@ def plan_cmd(base_path, image_dir, generator_paths, retrained_paths, floor, floo
         files[label] = {"path": str(path), "sha256": sha256_file(path)}
         if (gmeta.get("meta") or {}).get("data"):  # `nfedge train` records its data; the run's use the base's
             trained_on.append(DataConfig.from_dict(gmeta["meta"]["data"]))
-    retrained = []
-    for path in retrained_paths:
-        r_model, r_meta = load_checkpoint(path)
-        if int(r_meta["num_classes"]) != cfg.classes:
-            raise NfedgeError(f"retrained base {path} has {r_meta['num_classes']} classes, the base {cfg.classes}")
-        label = retrained_label(r_meta, Path(path).stem)
-        if label in {lab for lab, *_ in retrained}:
-            label = f"retrained {path}"
-        retrained.append((label, r_model, retrained_image(r_model, image), path))
-        trained_on.append(base_training_data(r_meta))
+    retrained = load_retrained(retrained_paths, image, cfg.classes)
+    trained_on += [r.trained_on for r in retrained]
     val, split = None, None
     if val_images and None in trained_on:  # never a silent overlap: the search then runs on the test images, recorded
         unknown = base_path if base_data is None else "a retrained base"
@@ -154,11 +143,11 @@ def plan_cmd(base_path, image_dir, generator_paths, retrained_paths, floor, floo
     with open_executor(executor) as ex:
         r = plan_operating_points(model, image, test.tensors, cfg, generators=gens, validation=val, split_record=split,
                                   executor=ex)
-        for label, r_model, r_image, _ in retrained:
-            r = plan_retrained(r, label, r_model, r_image, test.tensors, cfg, val, split, ex)
+        for rt in retrained:
+            r = plan_retrained(r, rt.label, rt.model, rt.image, test.tensors, cfg, val, split, ex)
     r["inputs"] = {"base": {"path": str(base_path), "sha256": sha256_file(base_path)}, "image": str(image_dir),
                    "generators": files, "data": dcfg.to_dict(),
-                   "retrained": {label: {"path": str(p), "sha256": sha256_file(p)} for label, _, _, p in retrained}}
+                   "retrained": {rt.label: {"path": rt.path, "sha256": sha256_file(rt.path)} for rt in retrained}}
     md = plan_markdown(r)
     written = {table: (md + "\n").encode()} if table else {}
     if plot:

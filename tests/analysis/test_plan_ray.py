@@ -46,7 +46,6 @@ class _Counting(Progress):
         pass
 
 
-
 @pytest.fixture(scope="module")
 def setup():
     torch.manual_seed(0)

@@ -23,7 +23,6 @@ class _Bars(Progress):
         return super().manual(desc, total, unit)
 
 
-
 def test_faultrun_is_the_same_on_ray(fr_bundle, local_ray):
     cfg = FaultrunConfig(voltages=(0.875, 0.833), chips=2, samples=4)
     here, there = _Bars(enabled=False), _Bars(enabled=False)
